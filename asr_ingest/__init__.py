@@ -1,0 +1,1 @@
+"""asr-ingest command line and the embedded local stack (``asr-ingest run``)."""

@@ -1,0 +1,6 @@
+"""Shared fixtures live in plugin modules under ``tests/fixtures/``, one per real part."""
+
+pytest_plugins = [
+    "tests.fixtures.redis",
+    "tests.fixtures.objectstore",
+]

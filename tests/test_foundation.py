@@ -1,0 +1,65 @@
+"""Foundation: settings from the environment, the embedded Redis, the receipt store."""
+
+from __future__ import annotations
+
+import pydantic
+import pytest
+import redis
+
+from worker.settings import load_settings
+from worker.store import PENDING_KEY, ReceiptStore
+
+
+def test_settings_read_contract_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Contract variable names map onto the settings object, comma lists split."""
+    monkeypatch.setenv("ARCHIVE_URLS", "file:///srv/a, s3://bucket/prefix")
+    monkeypatch.setenv("DEDUPE_TTL_SECONDS", "3600")
+    settings = load_settings()
+    assert settings.archive_urls == ["file:///srv/a", "s3://bucket/prefix"]
+    assert settings.dedupe_ttl_seconds == 3600
+    assert settings.broker_url == settings.redis_url
+
+
+def test_settings_bad_value_names_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An invalid value raises an error naming the variable."""
+    monkeypatch.setenv("WEBHOOK_MAX_BODY_BYTES", "lots")
+    with pytest.raises(pydantic.ValidationError, match="webhook_max_body_bytes"):
+        load_settings()
+
+
+def test_settings_hide_secrets() -> None:
+    """Secrets never appear in the settings' repr."""
+    settings = load_settings(dashscope_api_key="sk-very-secret", oss_access_key_secret="oss-sec")
+    assert "sk-very-secret" not in repr(settings)
+    assert "oss-sec" not in repr(settings)
+
+
+def test_claim_is_once_per_task(redis_client: redis.Redis) -> None:
+    """The first claim stores the body; a repeat is refused and changes nothing."""
+    store = ReceiptStore(redis_client, ttl_seconds=600)
+    assert store.claim("t-1", b'{"a":1}', event_id="e1", model="fun-asr", now=100.0)
+    assert not store.claim("t-1", b'{"a":2}', event_id="e2", now=200.0)
+    receipt = store.load("t-1")
+    assert receipt is not None
+    assert (receipt.body, receipt.event_id, receipt.state) == (b'{"a":1}', "e1", "received")
+    assert 0 < redis_client.ttl(store.key("t-1")) <= 600
+
+
+def test_pending_until_enqueued(redis_client: redis.Redis) -> None:
+    """A claimed receipt is pending until marked enqueued; stale ones are found by age."""
+    store = ReceiptStore(redis_client, ttl_seconds=600)
+    store.claim("old", b"{}", now=1000.0)
+    store.claim("new", b"{}", now=1100.0)
+    assert store.stale_pending(60, now=1120.0) == ["old"]
+    store.mark_enqueued("old")
+    assert store.stale_pending(60, now=2000.0) == ["new"]
+    assert redis_client.zcard(PENDING_KEY) == 1
+
+
+def test_release_undoes_claim(redis_client: redis.Redis) -> None:
+    """Releasing a claim lets the next delivery claim again."""
+    store = ReceiptStore(redis_client, ttl_seconds=600)
+    store.claim("t-2", b"{}")
+    store.release("t-2")
+    assert store.load("t-2") is None
+    assert store.claim("t-2", b"{}")

@@ -1,0 +1,82 @@
+"""The Celery application factory.
+
+Delivery guarantees (Celery user guide, "Tasks" → ``acks_late``; kombu's Redis transport):
+
+- ``task_acks_late`` and ``task_reject_on_worker_lost``: a message is acknowledged only after
+  the task returns, and a worker killed mid-task puts it back on the queue. Tasks are
+  idempotent, so running one twice is harmless.
+- Redis transport ``visibility_timeout`` (``BROKER_VISIBILITY_TIMEOUT_SECONDS``, default 3600 s):
+  an unacknowledged message is redelivered after this long. The hard time limit is 90 % of it
+  and the soft limit 80 %, so a task is always killed before its message becomes visible again.
+- ``worker_prefetch_multiplier = 1``: a worker holds one unstarted message per process, so a
+  dead worker strands at most that many for one visibility timeout.
+- Results are ignored; only ids and plain JSON cross the broker.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+import redis
+from celery import Celery
+from kombu import Queue
+
+from worker.logs import configure_logging
+from worker.queues import ARCHIVE_QUEUE, SUBMIT_QUEUE
+from worker.settings import Settings, load_settings
+
+TASK_MODULES: list[str] = []
+"""Modules holding ``shared_task`` definitions, imported by the worker at start."""
+
+BEAT_SCHEDULE: dict[str, dict[str, Any]] = {}
+"""Periodic tasks for ``celery beat``, filled in by the modules that define them."""
+
+
+class AsrCelery(Celery):  # type: ignore[misc]  # Celery is untyped
+    """Celery with the project's settings and a lazily created Redis client attached."""
+
+    settings: Settings
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        """Client for ``REDIS_URL`` (receipts, locks, rate-limit buckets, dead letters)."""
+        return redis.Redis.from_url(self.settings.redis_url, health_check_interval=30)
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery configuration for ``settings`` (see the module docstring for the reasoning)."""
+    visibility = settings.broker_visibility_timeout_seconds
+    return {
+        "broker_url": settings.broker_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {"visibility_timeout": visibility},
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "task_ignore_result": True,
+        "result_backend": None,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_soft_time_limit": int(visibility * 0.8),
+        "task_time_limit": int(visibility * 0.9),
+        "task_default_queue": ARCHIVE_QUEUE,
+        "task_queues": [Queue(ARCHIVE_QUEUE), Queue(SUBMIT_QUEUE)],
+        "task_create_missing_queues": False,
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "beat_schedule": dict(BEAT_SCHEDULE),
+        "timezone": "UTC",
+    }
+
+
+def create_celery(settings: Settings | None = None) -> AsrCelery:
+    """Build the Celery app for ``settings`` (default: read from the environment)."""
+    settings = settings or load_settings()
+    configure_logging(settings.log_format)
+    app = AsrCelery("asr_ingest", include=TASK_MODULES)
+    app.settings = settings
+    app.conf.update(celery_config(settings))
+    return app

@@ -1,0 +1,61 @@
+"""structlog configuration, applied by the factories (``create_app``, ``create_celery``).
+
+JSON lines to stdout in production, a coloured console renderer on a terminal (``LOG_FORMAT``).
+Context such as ``task_id`` and ``event_id`` is bound with :mod:`structlog.contextvars`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import Any
+
+import structlog
+
+# Query-string parameters that make a URL a credential (OSS, S3, DashScope result links).
+_SIGNED_QUERY = re.compile(r"(https?://[^\s?\"']+)\?[^\s\"']*", re.IGNORECASE)
+
+
+def strip_query(url: str) -> str:
+    """Return ``url`` without its query string and fragment (a signed URL is a credential)."""
+    return url.split("?", 1)[0].split("#", 1)[0]
+
+
+def redact_urls(text: str) -> str:
+    """Remove the query string of every URL found in ``text``."""
+    return _SIGNED_QUERY.sub(r"\1", text)
+
+
+def _redact_event(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    for key, value in event_dict.items():
+        if isinstance(value, str) and "?" in value and "://" in value:
+            event_dict[key] = redact_urls(value)
+    return event_dict
+
+
+def configure_logging(log_format: str = "json", level: int = logging.INFO) -> None:
+    """Configure structlog (and the stdlib root logger) once per process.
+
+    ``log_format`` is ``"json"`` (one JSON object per line on stdout) or ``"console"``.
+    Every string value that contains a URL with a query string is redacted.
+    """
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _redact_event,
+    ]
+    renderer: Any
+    if log_format == "console":
+        renderer = structlog.dev.ConsoleRenderer()
+    else:
+        shared.append(structlog.processors.format_exc_info)
+        renderer = structlog.processors.JSONRenderer()
+    structlog.configure(
+        processors=[*shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=False,
+    )
+    logging.basicConfig(level=level, stream=sys.stdout, format="%(levelname)s %(name)s %(message)s")
