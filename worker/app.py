@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 from celery import Celery
-from kombu import Queue
+from kombu import Queue  # type: ignore[attr-defined]  # kombu has no type hints
 
 from worker.logs import configure_logging
 from worker.queues import ARCHIVE_QUEUE, SUBMIT_QUEUE
@@ -62,7 +62,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_soft_time_limit": int(visibility * 0.8),
         "task_time_limit": int(visibility * 0.9),
         "task_default_queue": ARCHIVE_QUEUE,
-        "task_queues": [Queue(ARCHIVE_QUEUE), Queue(SUBMIT_QUEUE)],
+        "task_queues": [Queue(ARCHIVE_QUEUE), Queue(SUBMIT_QUEUE)],  # type: ignore[no-untyped-call]
         "task_create_missing_queues": False,
         "worker_hijack_root_logger": False,
         "worker_send_task_events": True,

@@ -1,4 +1,4 @@
-"""Entry point for ``celery -A worker.celery_app``: the only place the worker app is built at import."""
+"""Entry point for ``celery -A worker.celery_app``: builds the app at import."""
 
 from __future__ import annotations
 

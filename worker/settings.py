@@ -113,8 +113,10 @@ class Settings(BaseSettings):
     def submit_rate_by_family(self) -> dict[str, float]:
         """``SUBMIT_RATES`` (``family=rps,...``) as a mapping of family prefix to requests/s."""
         rates: dict[str, float] = {}
-        for item in _split_csv(self.submit_rates) or []:  # type: ignore[union-attr]  # str in
-            family, _, rate = str(item).partition("=")
+        for item in self.submit_rates.split(","):
+            if not item.strip():
+                continue
+            family, _, rate = item.partition("=")
             rates[family.strip()] = float(rate)
         return rates
 

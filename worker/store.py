@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import redis
 
@@ -90,7 +90,15 @@ class ReceiptStore:
     ) -> bool:
         """Store ``body`` for ``task_id`` unless already stored; True when this call stored it."""
         received_at = time.time() if now is None else now
-        args = [body, repr(received_at), event_id, model, source, self._ttl, task_id]
+        args: list[bytes | str | int] = [
+            body,
+            repr(received_at),
+            event_id,
+            model,
+            source,
+            self._ttl,
+            task_id,
+        ]
         return bool(self._claim(keys=[self.key(task_id), PENDING_KEY], args=args))
 
     def release(self, task_id: str) -> None:
@@ -116,7 +124,7 @@ class ReceiptStore:
 
     def load(self, task_id: str) -> Receipt | None:
         """The stored receipt of ``task_id``, or None when none is stored (or it expired)."""
-        raw = self._redis.hgetall(self.key(task_id))
+        raw = cast("dict[bytes, bytes]", self._redis.hgetall(self.key(task_id)))
         if not raw or b"body" not in raw:
             return None
         text = {k.decode(): v.decode() for k, v in raw.items() if k != b"body"}
@@ -133,5 +141,5 @@ class ReceiptStore:
     def stale_pending(self, older_than_seconds: float, *, now: float | None = None) -> list[str]:
         """Task ids claimed more than ``older_than_seconds`` ago and never marked enqueued."""
         cutoff = (time.time() if now is None else now) - older_than_seconds
-        members = self._redis.zrangebyscore(PENDING_KEY, "-inf", cutoff)
+        members = cast("list[bytes]", self._redis.zrangebyscore(PENDING_KEY, "-inf", cutoff))
         return [m.decode() for m in members]

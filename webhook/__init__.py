@@ -1,0 +1,1 @@
+"""asr-ingest webhook: verifies, stores and enqueues EventBridge completion events."""
