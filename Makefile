@@ -31,7 +31,7 @@ format: install
 	$(PY) -m ruff check --fix .
 
 bench: install
-	$(PY) -m pytest tests/benchmarks -p no:cacheprovider -s -o addopts="" $(PYTEST_ARGS)
+	@for bench in tests/benchmarks/*_bench.py; do echo "== $$bench"; $(PY) $$bench || exit 1; done
 
 samples:
 	bash sandbox/samples/make_samples.sh

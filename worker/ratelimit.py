@@ -60,3 +60,17 @@ class RateLimiter:
             if time.monotonic() + wait > deadline:
                 raise TransientError(f"rate limit {self.key} busy", reason="rate_limited")
             time.sleep(wait)
+
+
+QUERY_BUCKET_KEY = "asr:ratelimit:query"
+SUBMIT_BUCKET_KEY = "asr:ratelimit:submit:{family}"
+
+
+def query_limiter(client: redis.Redis, qps: float) -> RateLimiter:
+    """The account-wide task-query budget (``DASHSCOPE_QUERY_QPS``), shared by all processes."""
+    return RateLimiter(client, QUERY_BUCKET_KEY, rate=qps, burst=max(1.0, qps))
+
+
+def submit_limiter(client: redis.Redis, family: str, rps: float) -> RateLimiter:
+    """The submission budget of one model family (``SUBMIT_RATES``), shared by all processes."""
+    return RateLimiter(client, SUBMIT_BUCKET_KEY.format(family=family), rate=rps, burst=1.0)
