@@ -45,7 +45,8 @@ class Settings(BaseSettings):
     # Redis and the broker.
     redis_url: str = "redis://127.0.0.1:6379/0"
     celery_broker_url: str | None = None
-    broker_visibility_timeout_seconds: int = Field(3600, ge=60)
+    # ge=5, not 60: the crash-safety test runs a worker with a visibility timeout of seconds.
+    broker_visibility_timeout_seconds: int = Field(3600, ge=5)
 
     # Webhook.
     webhook_public_url: str | None = None
@@ -62,6 +63,23 @@ class Settings(BaseSettings):
     result_max_bytes: int = Field(2_147_483_648, ge=1)
     archive_urls: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["./archive"])
     archive_max_attempts: int = Field(6, ge=1)
+    # Lease on one task's archiving (s), renewed every third of it while the worker lives;
+    # keep it well below BROKER_VISIBILITY_TIMEOUT_SECONDS.
+    archive_lease_seconds: int = Field(30, ge=1)
+    # Poison-loop guard: deliveries of one task_id (retries and redeliveries) before dead letter.
+    archive_max_deliveries: int = Field(12, ge=1)
+    # Retry backoff (s): base * 2**retry with full jitter, capped here and at half the
+    # visibility timeout.
+    archive_retry_base_seconds: float = Field(2.0, gt=0)
+    archive_retry_max_seconds: float = Field(300.0, gt=0)
+    # The sweep re-enqueues a task whose archiving started this long ago (s) without a live lease.
+    archive_stuck_after_seconds: int = Field(900, ge=1)
+    # Bodies from this size (bytes) go to S3/OSS as multipart uploads of this part size.
+    archive_multipart_bytes: int = Field(16 * 1024 * 1024, ge=5 * 1024 * 1024)
+    # Directory for result bodies in flight (default: the system temporary directory).
+    archive_spool_dir: str | None = None
+    # Read/connect timeout (s) of one result download.
+    result_timeout_seconds: float = Field(60.0, gt=0)
     s3_endpoint_url: str | None = None
     oss_endpoint: str | None = None
     oss_public_endpoint: str | None = None
@@ -75,6 +93,12 @@ class Settings(BaseSettings):
     submit_batch_size: int = Field(100, ge=1, le=100)
     submit_rates: str = DEFAULT_SUBMIT_RATES
     reconcile_after_seconds: int = Field(600, ge=1)
+    # Files of at least this many bytes upload as resumable multipart (oss2.resumable_upload).
+    media_multipart_threshold_bytes: int = Field(64 * 1024 * 1024, ge=100 * 1024)
+    # Parallel uploads inside one batch task (threads).
+    upload_threads: int = Field(8, ge=1, le=64)
+    # How long submission records (task → files, file → task) are kept in Redis.
+    submission_ttl_seconds: int = Field(7 * 86_400, ge=3600)
 
     # DashScope.
     dashscope_api_key: SecretStr | None = None
