@@ -1,1 +1,76 @@
-"""asr-ingest webhook: verifies, stores and enqueues EventBridge completion events."""
+"""asr-ingest webhook: verifies, stores and enqueues EventBridge completion events.
+
+:func:`create_app` is the Flask application factory; ``webhook/wsgi.py`` calls it for
+gunicorn (``gunicorn webhook.wsgi:app``).
+"""
+
+from __future__ import annotations
+
+import redis
+from flask import Flask
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from webhook.certificates import CertificateCache, create_http_client
+from webhook.intake import Intake, archive_publisher
+from webhook.metrics import WebhookMetrics
+from webhook.views import EXTENSION, Webhook, bp
+from worker import AsrCelery, create_celery
+from worker.logs import configure_logging
+from worker.settings import Settings, load_settings
+from worker.store import ReceiptStore
+
+__all__ = ["create_app"]
+
+REDIS_TIMEOUT_SECONDS = 2.0
+"""Socket connect/read timeout for Redis and the broker: a dead server answers 503 quickly."""
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the webhook app for ``settings`` (default: read from the environment).
+
+    Configures structlog; connects to nothing until the first request.
+    """
+    settings = settings or load_settings()
+    configure_logging(settings.log_format)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.webhook_max_body_bytes
+    app.extensions[EXTENSION] = build_webhook(settings)
+    app.register_blueprint(bp)
+    return app
+
+
+def build_webhook(settings: Settings) -> Webhook:
+    """The views' collaborators: Redis client, receipt store, Celery publisher, key cache."""
+    client = redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=REDIS_TIMEOUT_SECONDS,
+        socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+        retry=Retry(NoBackoff(), 1),
+    )
+    celery = publishing_celery(settings)
+    keys = CertificateCache(
+        settings.cert_url_pattern,
+        create_http_client(),
+        ttl_seconds=settings.eventbridge_cert_ttl_seconds,
+    )
+    return Webhook(
+        settings=settings,
+        keys=keys,
+        intake=Intake(ReceiptStore(client, settings.dedupe_ttl_seconds), archive_publisher(celery)),
+        redis=client,
+        celery=celery,
+        metrics=WebhookMetrics(settings.prometheus_multiproc_dir),
+    )
+
+
+def publishing_celery(settings: Settings) -> AsrCelery:
+    """The project's Celery app, with short broker socket timeouts for publishing from a request."""
+    celery = create_celery(settings)
+    options = dict(celery.conf.broker_transport_options or {})
+    options.update(
+        socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS
+    )
+    celery.conf.broker_transport_options = options
+    celery.conf.broker_connection_timeout = REDIS_TIMEOUT_SECONDS
+    return celery

@@ -1,0 +1,57 @@
+"""Prometheus metrics of deliveries (prometheus-client), multi-process aware.
+
+Labels are low-cardinality on purpose: ``outcome`` (``accepted``, ``duplicate``, ``ignored``,
+``rejected``, ``unavailable``, ``error``) and ``reason`` (the error reasons of
+:mod:`webhook.errors`, ``body_too_large``, or "" for a success); never a ``task_id``.
+
+Under gunicorn each worker is a process of its own. When ``PROMETHEUS_MULTIPROC_DIR`` is set
+(an empty directory, cleared before the server starts), prometheus-client writes every value to
+memory-mapped files there and ``/metrics`` sums them across workers with
+:class:`~prometheus_client.multiprocess.MultiProcessCollector`. Only counters and histograms are
+used, so no ``child_exit`` hook is needed (that is for live gauges).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import generate_latest as generate_latest_text
+from prometheus_client.multiprocess import MultiProcessCollector
+
+LATENCY_BUCKETS_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class WebhookMetrics:
+    """Delivery counters and the handling-time histogram, on a registry of their own.
+
+    ``multiproc_dir`` is ``PROMETHEUS_MULTIPROC_DIR`` (None for a single process).
+    """
+
+    def __init__(self, multiproc_dir: str | None = None) -> None:
+        self._multiproc_dir = multiproc_dir
+        self.registry = CollectorRegistry()
+        self.deliveries = Counter(
+            "webhook_deliveries",
+            "EventBridge deliveries by outcome and reason.",
+            ["outcome", "reason"],
+            registry=self.registry,
+        )
+        self.handling_seconds = Histogram(
+            "webhook_delivery_handling_seconds",
+            "Time from request start to answer, seconds.",
+            ["outcome"],
+            buckets=LATENCY_BUCKETS_SECONDS,
+            registry=self.registry,
+        )
+
+    def observe(self, outcome: str, reason: str, seconds: float) -> None:
+        """Count one delivery and record its handling time in seconds."""
+        self.deliveries.labels(outcome=outcome, reason=reason).inc()
+        self.handling_seconds.labels(outcome=outcome).observe(seconds)
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The Prometheus text exposition and its content type (summed across workers)."""
+        if self._multiproc_dir is None:
+            return generate_latest_text(self.registry), CONTENT_TYPE_LATEST
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self._multiproc_dir)  # type: ignore[no-untyped-call]  # untyped in prometheus-client
+        return generate_latest_text(registry), CONTENT_TYPE_LATEST
