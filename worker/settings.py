@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     eventbridge_cert_ttl_seconds: int = Field(6 * 3600, ge=1)
     dedupe_ttl_seconds: int = Field(172_800, ge=60)
     receipt_sweep_after_seconds: int = Field(60, ge=1)
+    # prometheus-client's multi-process directory (gunicorn workers): /metrics sums its files.
+    prometheus_multiproc_dir: str | None = None
 
     # Archiving.
     result_url_regex: str = DEFAULT_RESULT_URL_REGEX
