@@ -26,10 +26,19 @@ from worker.logs import configure_logging
 from worker.queues import ARCHIVE_QUEUE, SUBMIT_QUEUE
 from worker.settings import Settings, load_settings
 
-TASK_MODULES: list[str] = []
+TASK_MODULES: list[str] = [
+    "worker.submit_tasks",
+]
 """Modules holding ``shared_task`` definitions, imported by the worker at start."""
 
-BEAT_SCHEDULE: dict[str, dict[str, Any]] = {}
+BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
+    # worker.reconcile: archive submitted tasks whose completion event never came.
+    "reconcile-submitted-tasks": {
+        "task": "asr_ingest.reconcile",
+        "schedule": 30.0,
+        "options": {"queue": "submit", "expires": 25.0},
+    },
+}
 """Periodic tasks for ``celery beat``, filled in by the modules that define them."""
 
 
