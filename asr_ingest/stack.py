@@ -90,6 +90,21 @@ class Child:
         """True while the child's main process runs."""
         return self.process.poll() is None
 
+    def wait_for(self, text: str, timeout_s: float = 10.0) -> str:
+        """The first of the last 200 output lines containing ``text``, waiting up to ``timeout_s``.
+
+        Raises :class:`StackError` when the child exits or the time runs out first.
+        """
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = next((line for line in list(self.tail) if text in line), None)
+            if found is not None:
+                return found
+            if not self.alive:
+                break
+            time.sleep(POLL_S)
+        raise StackError(f"{self.spec.name}: no line with {text!r}:\n{self.describe()}")
+
     def describe(self, lines: int = 20) -> str:
         """The last ``lines`` output lines, for error messages."""
         return "\n".join(list(self.tail)[-lines:])

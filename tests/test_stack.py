@@ -161,7 +161,7 @@ def test_kill_and_restart() -> None:
     lines: list[str] = []
     with Stack(sink=lines.append) as stack:
         first = stack.start(python("worker", FAMILY))
-        _, grandchild = (int(p) for p in wait_for_line(lines, "pids").split()[-2:])
+        _, grandchild = (int(p) for p in first.wait_for("pids ").split()[-2:])
         assert stack.kill("worker") == -signal.SIGKILL
         assert not first.alive
         assert gone(grandchild)
@@ -223,6 +223,16 @@ def test_worker_ready_by_ping_and_restart(tmp_path: Path) -> None:
         assert not spec.probe()
         stack.restart("worker")
         assert spec.probe()
+
+
+def test_wait_for_a_line_fails_when_the_child_exits() -> None:
+    """wait_for returns a matching line, and raises StackError once the child is gone."""
+    with Stack(sink=lambda _: None) as stack:
+        child = stack.start(python("say", "print('listening on http://x'); print('bye')"))
+        assert child.wait_for("listening") == "listening on http://x"
+        stack.wait("say", timeout_s=5)
+        with pytest.raises(StackError, match="no line with 'never'"):
+            child.wait_for("never", timeout_s=5)
 
 
 def test_broker_url_for_unix_socket() -> None:
