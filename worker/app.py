@@ -28,6 +28,7 @@ from worker.settings import Settings, load_settings
 
 TASK_MODULES: list[str] = [
     "worker.submit_tasks",
+    "worker.tasks",
 ]
 """Modules holding ``shared_task`` definitions, imported by the worker at start."""
 
@@ -37,6 +38,12 @@ BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
         "task": "asr_ingest.reconcile",
         "schedule": 30.0,
         "options": {"queue": "submit", "expires": 25.0},
+    },
+    # worker.tasks: re-enqueue receipts that never reached a worker and stuck archiving.
+    "archive-sweep": {
+        "task": "asr_ingest.archive_sweep",
+        "schedule": 30.0,
+        "options": {"queue": "archive", "expires": 25.0},
     },
 }
 """Periodic tasks for ``celery beat``, filled in by the modules that define them."""

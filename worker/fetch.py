@@ -1,0 +1,197 @@
+"""Download one ``transcription_url`` to a spool file, checking it while it streams.
+
+Rules (issue "Result archiving"; `spec/dashscope-transcription.md`, "The transcription result
+file"): only URLs that ``RESULT_URL_REGEX`` matches as a whole; redirects followed only on the
+same scheme and host (and only to matching URLs); connect/read timeouts; at most
+``RESULT_MAX_BYTES``; sha256 and byte count computed while streaming; the body must be complete
+JSON, checked by a streaming parser (ijson) as the bytes arrive, so memory stays at one chunk.
+
+Errors (:mod:`worker.errors`), reasons in brackets:
+
+- :class:`ExpiredLinkError` (``expired_link``): 403 or 404, the signed link has expired.
+- :class:`TransientError`: 429 or 5xx (``result_http_429``, ``result_http_5xx``), timeouts
+  (``result_timeout``), network errors and truncated bodies (``result_network``).
+- :class:`PermanentError`: a URL or redirect outside the pattern (``url_not_allowed``), other
+  4xx (``result_http_4xx``), a body over the cap (``result_too_large``), a body that is not
+  JSON (``result_not_json``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import ijson
+
+from worker.errors import ExpiredLinkError, PermanentError, TransientError
+from worker.logs import strip_query
+from worker.settings import Settings
+
+CHUNK_BYTES = 64 * 1024
+MAX_REDIRECTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedBody:
+    """A downloaded, checked body: spool file ``path``, ``size`` in bytes, hex ``sha256``."""
+
+    path: Path
+    size: int
+    sha256: str
+
+
+@ijson.coroutine  # type: ignore[untyped-decorator]  # ijson has no type hints
+def _discard() -> Generator[None, Any, None]:
+    while True:
+        yield
+
+
+class _BodyCheck:
+    """Byte count, sha256 and JSON well-formedness of a body fed in chunks."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.size = 0
+        self.digest = hashlib.sha256()
+        self._parser = ijson.basic_parse_coro(_discard())
+
+    def feed(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.max_bytes:
+            raise PermanentError(f"result over {self.max_bytes} bytes", reason="result_too_large")
+        self.digest.update(chunk)
+        with _json_errors():
+            self._parser.send(chunk)
+
+    def finish(self) -> None:
+        with _json_errors():
+            self._parser.close()
+
+
+@contextmanager
+def _json_errors() -> Iterator[None]:
+    try:
+        yield
+    except ijson.JSONError as exc:
+        raise PermanentError("result body is not JSON", reason="result_not_json") from exc
+
+
+@contextmanager
+def _http_errors(url: str) -> Iterator[None]:
+    """Translate httpx exceptions into the worker's tree (the one place they are caught)."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise TransientError(f"timeout fetching {url}", reason="result_timeout") from exc
+    except httpx.TransportError as exc:
+        raise TransientError(f"network error fetching {url}", reason="result_network") from exc
+
+
+def _check_status(response: httpx.Response, url: str) -> None:
+    status = response.status_code
+    if status in (403, 404):
+        raise ExpiredLinkError(f"{status} from {url}")
+    if status == 429:
+        raise TransientError(f"429 from {url}", reason="result_http_429")
+    if status >= 500:
+        raise TransientError(f"{status} from {url}", reason="result_http_5xx")
+    if status >= 300:
+        raise PermanentError(f"{status} from {url}", reason="result_http_4xx")
+
+
+class ResultFetcher:
+    """Fetch result bodies under the configured URL pattern, size cap and timeouts.
+
+    ``spool_dir`` (None: the system temporary directory) receives one file per download,
+    removed when the :meth:`download` block ends.
+    """
+
+    def __init__(
+        self,
+        url_pattern: re.Pattern[str],
+        *,
+        max_bytes: int,
+        timeout_s: float = 60.0,
+        spool_dir: str | None = None,
+    ) -> None:
+        self.url_pattern = url_pattern
+        self.max_bytes = max_bytes
+        self.spool_dir = spool_dir
+        timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0))
+        self._client = httpx.Client(timeout=timeout, follow_redirects=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ResultFetcher:
+        """A fetcher for ``RESULT_URL_REGEX``, ``RESULT_MAX_BYTES``, ``RESULT_TIMEOUT_SECONDS``."""
+        return cls(
+            settings.result_url_pattern,
+            max_bytes=settings.result_max_bytes,
+            timeout_s=settings.result_timeout_seconds,
+            spool_dir=settings.archive_spool_dir,
+        )
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._client.close()
+
+    @contextmanager
+    def download(self, url: str) -> Iterator[FetchedBody]:
+        """Stream ``url`` into a spool file and yield it, checked; the file is removed after.
+
+        Raises the errors listed in the module docstring; nothing is yielded on error.
+        """
+        handle, name = tempfile.mkstemp(prefix="result-", suffix=".json", dir=self.spool_dir)
+        path = Path(name)
+        try:
+            with os.fdopen(handle, "wb") as spool:
+                body = self._stream(url, spool)
+            yield FetchedBody(path=path, size=body.size, sha256=body.digest.hexdigest())
+        finally:
+            path.unlink(missing_ok=True)
+
+    def _stream(self, url: str, spool: IO[bytes]) -> _BodyCheck:
+        target = self._allowed(url)
+        for _ in range(MAX_REDIRECTS + 1):
+            with _http_errors(strip_query(target)), self._client.stream("GET", target) as answer:
+                if answer.is_redirect:
+                    target = self._redirect(target, answer)
+                    continue
+                _check_status(answer, strip_query(target))
+                return self._copy(answer, spool)
+        raise PermanentError("too many redirects", reason="url_not_allowed")
+
+    def _copy(self, response: httpx.Response, spool: IO[bytes]) -> _BodyCheck:
+        declared = response.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            raise PermanentError(f"result of {declared} bytes", reason="result_too_large")
+        check = _BodyCheck(self.max_bytes)
+        for chunk in response.iter_bytes(CHUNK_BYTES):
+            check.feed(chunk)
+            spool.write(chunk)
+        check.finish()
+        return check
+
+    def _allowed(self, url: str) -> str:
+        if not self.url_pattern.fullmatch(url):
+            raise PermanentError(
+                f"result URL {strip_query(url)} outside RESULT_URL_REGEX", reason="url_not_allowed"
+            )
+        return url
+
+    def _redirect(self, current: str, response: httpx.Response) -> str:
+        location = response.headers.get("location", "")
+        target = httpx.URL(current).join(location)
+        origin = httpx.URL(current)
+        if (target.scheme, target.host, target.port) != (origin.scheme, origin.host, origin.port):
+            raise PermanentError(
+                f"redirect to another host {target.host}", reason="url_not_allowed"
+            )
+        return self._allowed(str(target))

@@ -1,0 +1,72 @@
+"""Prometheus metrics of archiving (prometheus-client), multi-process safe.
+
+Metric objects live on prometheus-client's default registry, as its multi-process mode
+requires: when ``PROMETHEUS_MULTIPROC_DIR`` is set in a worker's environment (an empty
+directory shared by the processes that should be summed, cleared before they start), every
+value is written to memory-mapped files there, and :func:`exposition` (or any process running
+:class:`~prometheus_client.multiprocess.MultiProcessCollector` on that directory, e.g. the
+webhook's ``/metrics``) sums them. Only counters and histograms are used, so no live-gauge
+clean-up is needed when a process exits.
+
+Labels stay low-cardinality: ``destination`` is the destination kind (``file``, ``s3``,
+``oss``), ``reason`` an error reason of :mod:`worker.errors`, ``outcome`` a task outcome.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
+LAG_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
+
+ARCHIVED_FILES = Counter(
+    "asr_archive_files", "Result files archived, by destination kind.", ["destination"]
+)
+ARCHIVED_BYTES = Counter(
+    "asr_archive_bytes", "Result bytes archived, by destination kind.", ["destination"]
+)
+FAILURES = Counter(
+    "asr_archive_failures", "Archive failures (files or tasks) by error reason.", ["reason"]
+)
+TASK_SECONDS = Histogram(
+    "asr_archive_task_seconds",
+    "Duration of one archive task run, seconds, by outcome.",
+    ["outcome"],
+    buckets=SECONDS_BUCKETS,
+)
+LAG_SECONDS = Histogram(
+    "asr_archive_lag_seconds",
+    "From the event's receipt to its manifest being written, seconds.",
+    buckets=LAG_BUCKETS,
+)
+
+
+def file_archived(destination: str, size: int) -> None:
+    """Count one result file of ``size`` bytes written to a ``destination`` kind."""
+    ARCHIVED_FILES.labels(destination=destination).inc()
+    ARCHIVED_BYTES.labels(destination=destination).inc(size)
+
+
+def failure(reason: str) -> None:
+    """Count one failure with ``reason``."""
+    FAILURES.labels(reason=reason).inc()
+
+
+def task_finished(outcome: str, seconds: float) -> None:
+    """Record one task run's ``outcome`` and duration in seconds."""
+    TASK_SECONDS.labels(outcome=outcome).observe(seconds)
+
+
+def archived_lag(seconds: float) -> None:
+    """Record the event-to-archive lag of one task, seconds."""
+    LAG_SECONDS.observe(max(0.0, seconds))
+
+
+def exposition(multiproc_dir: str | None = None) -> bytes:
+    """Prometheus text: summed over ``multiproc_dir`` when given, else this process's values."""
+    if multiproc_dir is None:
+        return generate_latest(REGISTRY)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=multiproc_dir)  # type: ignore[no-untyped-call]  # untyped in prometheus-client
+    return generate_latest(registry)
