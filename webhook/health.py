@@ -30,7 +30,9 @@ def broker_answers(celery: Any) -> bool:
     """True when a fresh broker connection can be established (one attempt, short timeout)."""
     try:
         with celery.connection_for_write() as connection:
-            connection.ensure_connection(max_retries=1, timeout=BROKER_CHECK_TIMEOUT_SECONDS)
+            connection.ensure_connection(
+                max_retries=1, interval_start=0, timeout=BROKER_CHECK_TIMEOUT_SECONDS
+            )
             return True
     except Exception as exc:  # any transport error means "not ready"
         log.warning("readyz_broker_failed", error=type(exc).__name__)

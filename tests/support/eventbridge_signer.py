@@ -85,7 +85,7 @@ class Signer:
         token_line: bool = True,
         trailing_newline: bool = True,
     ) -> dict[str, str]:
-        """Headers EventBridge would send with ``body`` (names in EventBridge's mixed case)."""
+        """Headers EventBridge would send with ``body`` (names capitalised)."""
         ts = str(int(time.time() * 1000) if timestamp_ms is None else timestamp_ms)
         method_name, method_value = (
             ("x-eventbridge-hash-method", "SHA256")
@@ -103,23 +103,23 @@ class Signer:
             text += f"x-eventbridge-signature-token: {token}\n"
         to_sign = text.encode() + body + (b"\n" if trailing_newline else b"")
         out = {
-            "X-EventBridge-Signature-Timestamp": ts,
-            "X-EventBridge-Signature-Version": "1.0",
-            "X-EventBridge-Signature-Url": self.cert_url,
-            method_name.replace("x-eventbridge", "X-EventBridge"): method_value,
+            "X-Eventbridge-Signature-Timestamp": ts,
+            "X-Eventbridge-Signature-Version": "1.0",
+            "X-Eventbridge-Signature-Url": self.cert_url,
+            "-".join(part.capitalize() for part in method_name.split("-")): method_value,
         }
         if token is not None:
-            out["X-EventBridge-Signature-Token"] = token
+            out["X-Eventbridge-Signature-Token"] = token
         if version == "v2":
             signature = self.identity.private_key.sign(to_sign, padding.PKCS1v15(), hashes.SHA256())
-            out["X-EventBridge-Signature-V2"] = base64.b64encode(signature).decode()
+            out["X-Eventbridge-Signature-V2"] = base64.b64encode(signature).decode()
         else:
             secret = os.urandom(16).hex().encode()
             digest = hmac.new(secret, to_sign, hashlib.sha1).digest()
-            out["X-EventBridge-Signature-Secret"] = base64.b64encode(
+            out["X-Eventbridge-Signature-Secret"] = base64.b64encode(
                 self._pad_and_raise(secret)
             ).decode()
-            out["X-EventBridge-Signature"] = base64.b64encode(digest).decode()
+            out["X-Eventbridge-Signature"] = base64.b64encode(digest).decode()
         return out
 
     def _pad_and_raise(self, secret: bytes) -> bytes:

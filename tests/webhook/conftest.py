@@ -101,6 +101,11 @@ def settings(redis_url: str, cert_host: CertificateHost) -> Settings:
     )
 
 
+def changed(settings: Settings, **fields: object) -> Settings:
+    """``settings`` with ``fields`` replaced, validated like values from the environment."""
+    return load_settings(**{**settings.model_dump(), **fields})
+
+
 @pytest.fixture
 def app(settings: Settings) -> Flask:
     """The webhook app for ``settings``."""
