@@ -175,9 +175,9 @@ class MediaBucket:
         return f"{self._prefix}{sha256}{Path(path).suffix.lower()}"
 
     def upload(self, path: str, key: str, size: int) -> bool:
-        """Upload ``path`` to ``key`` unless an object of ``size`` bytes is there; True if sent."""
+        """Upload ``path`` (``size`` bytes) to ``key`` unless it is there; True when sent."""
         try:
-            if self._exists(key, size):
+            if self._exists(key):
                 return False
             if size >= self._threshold:
                 store = (
@@ -197,12 +197,14 @@ class MediaBucket:
         url: str = self._public.sign_url("GET", key, self._expires_s, slash_safe=True)
         return url
 
-    def _exists(self, key: str, size: int) -> bool:
+    def _exists(self, key: str) -> bool:
+        # The key names the content's sha256, and PUT and multipart completion are atomic,
+        # so an object under the key is this content.
         try:
-            head = self._bucket.head_object(key)
+            self._bucket.head_object(key)
         except oss2.exceptions.NotFound:
             return False
-        return int(head.content_length or -1) == size
+        return True
 
 
 def _translate(exc: oss2.exceptions.OssError, action: str) -> Exception:

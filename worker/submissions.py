@@ -72,11 +72,15 @@ class Submission:
 
 @dataclass(frozen=True, slots=True)
 class FileState:
-    """A file's state in a run (see the module docstring); ``task_id``/``reason`` may be ""."""
+    """A file's state in a run (see the module docstring); ``key`` is its object key once known.
+
+    ``task_id``, ``reason`` and ``key`` may be "".
+    """
 
     state: str
     task_id: str = ""
     reason: str = ""
+    key: str = ""
 
 
 class SubmissionStore:
@@ -206,6 +210,10 @@ class SubmissionStore:
     def reschedule(self, task_id: str, due_at: float) -> None:
         """Check ``task_id`` again at ``due_at`` (seconds since the epoch)."""
         self._redis.zadd(DUE_KEY, {task_id: due_at})
+
+    def is_due(self, task_id: str) -> bool:
+        """True while reconciliation still watches ``task_id``."""
+        return self._redis.zscore(DUE_KEY, task_id) is not None
 
     def settle(self, task_id: str) -> None:
         """Stop reconciling ``task_id`` (its event arrived, or it was reconciled)."""

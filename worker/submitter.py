@@ -35,14 +35,14 @@ RATE_WAIT_S = 120.0
 def subtask_failures(output: dict[str, Any], files: list[FileEntry]) -> dict[str, str]:
     """Object keys of ``files`` that failed in a task ``output``, each with ``code: message``.
 
-    A FAILED task without per-file results (or a Qwen task) fails every file; otherwise each
+    A FAILED or CANCELED task without per-file results (e.g. Qwen) fails every file; otherwise each
     ``results[]`` entry with ``subtask_status`` FAILED is matched by its ``file_url``
     (`spec/dashscope-transcription.md`, "Querying a task").
     """
     keys = [entry.key for entry in files]
     results = output.get("results")
     if not isinstance(results, list):
-        if output.get("task_status") != "FAILED":
+        if output.get("task_status") not in ("FAILED", "CANCELED"):
             return {}
         return dict.fromkeys(keys, f"{output.get('code', '')}: {output.get('message', '')}")
     failed: dict[str, str] = {}
@@ -94,7 +94,7 @@ class Submitter:
         sub = Submission(task_id, model, run_id, n, parameters, time.time(), fresh)
         self.store.record(sub, sub.submitted_at + self.settings.reconcile_after_seconds, prints)
         for entry in fresh:
-            self.store.set_file(run_id, entry.path, FileState("submitted", task_id))
+            self.store.set_file(run_id, entry.path, FileState("submitted", task_id, key=entry.key))
         log.info("batch_submitted", run_id=run_id, batch=n, task_id=task_id, files=len(fresh))
         return task_id
 
@@ -150,7 +150,8 @@ class Submitter:
         except PermanentError as exc:
             self.store.set_file(run_id, media.path, FileState("failed", reason=exc.reason))
             return None
-        self.store.set_file(run_id, media.path, FileState("uploaded" if sent else "present"))
+        state = FileState("uploaded" if sent else "present", key=key)
+        self.store.set_file(run_id, media.path, state)
         return FileEntry(media.path, key, media.size, sha)
 
     def _drop_duplicates(
@@ -166,7 +167,8 @@ class Submitter:
             fp = fingerprint(model, parameters, entry.sha256)
             earlier = None if force else self.store.previous(fp)
             if earlier is not None:
-                self.store.set_file(run_id, entry.path, FileState("duplicate", earlier))
+                state = FileState("duplicate", earlier, key=entry.key)
+                self.store.set_file(run_id, entry.path, state)
                 continue
             fresh.append(entry)
             prints.append(fp)
