@@ -1,0 +1,275 @@
+"""Deployment files parse and agree with the contract, the Procfile and the settings.
+
+The contract's facts (spec/contract.md: "Processes", "Environment variables") are copied below so
+the suite runs from a fresh clone; one test compares the copy with the contract when it is there.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Any, get_args
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from asr_ingest.starters import beat_spec, webhook_spec, worker_spec
+from worker.queues import ARCHIVE_QUEUE, SUBMIT_QUEUE
+from worker.settings import Settings
+from worker.store import ReceiptState
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+CONTRACT = ROOT.parent / "shared" / "spec" / "contract.md"
+
+COMMANDS = {
+    "web": "gunicorn webhook.wsgi:app",
+    "worker": "celery -A worker.celery_app worker -Q archive,submit",
+    "beat": "celery -A worker.celery_app beat",
+    "flower": "celery -A worker.celery_app flower",
+}
+CONTRACT_VARIABLES = [
+    "REDIS_URL", "CELERY_BROKER_URL", "WEBHOOK_PUBLIC_URL", "WEBHOOK_MAX_BODY_BYTES",
+    "EVENTBRIDGE_SIGNATURE_TOKEN", "EVENTBRIDGE_CERT_URL_REGEX", "EVENTBRIDGE_MAX_SKEW_SECONDS",
+    "DEDUPE_TTL_SECONDS", "RESULT_URL_REGEX", "RESULT_MAX_BYTES", "ARCHIVE_URLS",
+    "S3_ENDPOINT_URL", "OSS_ENDPOINT", "OSS_ACCESS_KEY_ID", "OSS_ACCESS_KEY_SECRET", "MEDIA_URL",
+    "MEDIA_URL_EXPIRES_SECONDS", "DASHSCOPE_API_KEY", "DASHSCOPE_BASE_URL", "DASHSCOPE_QUERY_QPS",
+    "LOG_FORMAT",
+]  # fmt: skip
+AWS_VARIABLES = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}
+SETTING_VARIABLES = sorted(name.upper() for name in Settings.model_fields)
+WEB_PORT, FLOWER_PORT = 8000, 5555
+
+
+def procfile() -> dict[str, str]:
+    """Procfile entries: process name → command line."""
+    lines = (ROOT / "Procfile").read_text().splitlines()
+    return dict(line.split(": ", 1) for line in lines if line.strip())
+
+
+def compose() -> dict[str, Any]:
+    """The parsed docker-compose file."""
+    data: dict[str, Any] = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    return data
+
+
+def manifests() -> list[dict[str, Any]]:
+    """Every Kubernetes object in deploy/k8s/*.yaml."""
+    docs: list[dict[str, Any]] = []
+    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
+        docs += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return docs
+
+
+def find(kind: str, name: str) -> dict[str, Any]:
+    """The manifest of ``kind`` named ``name``."""
+    found = [d for d in manifests() if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind}/{name}: {len(found)} found"
+    return found[0]
+
+
+def container(deployment: str) -> dict[str, Any]:
+    """The single container of a Deployment."""
+    containers: list[dict[str, Any]] = find("Deployment", deployment)["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def option(argv: list[str], flag: str) -> str:
+    """The value following ``flag`` in ``argv``."""
+    return argv[argv.index(flag) + 1]
+
+
+def env_example() -> dict[str, str]:
+    """Names and values in .env.example, commented ("# NAME=value") or not."""
+    pattern = re.compile(r"^(?:# )?([A-Z][A-Z0-9_]*)=(.*)$")
+    matches = (pattern.match(line) for line in (ROOT / ".env.example").read_text().splitlines())
+    return {m[1]: m[2] for m in matches if m}
+
+
+def test_procfile_commands_follow_contract() -> None:
+    """Procfile has web, worker, beat and flower, each running the contract's command."""
+    entries = procfile()
+    assert set(entries) == set(COMMANDS)
+    for name, command in COMMANDS.items():
+        assert entries[name].startswith(command + " "), name
+    assert f"${{PORT:-{WEB_PORT}}}" in entries["web"]
+    assert f"${{FLOWER_PORT:-{FLOWER_PORT}}}" in entries["flower"]
+
+
+def test_compose_runs_the_contract_processes() -> None:
+    """docker-compose has redis, web, worker, beat and flower with the contract's commands."""
+    services = compose()["services"]
+    assert set(services) == {"redis", *COMMANDS}
+    for name, command in COMMANDS.items():
+        assert shlex.join(services[name]["command"]).startswith(command), name
+        assert services[name]["build"]["dockerfile"] == "deploy/Dockerfile"
+
+
+def test_compose_redis_never_evicts_and_keeps_aof() -> None:
+    """Compose's Redis runs with maxmemory-policy noeviction and appendonly yes, on a volume."""
+    redis = compose()["services"]["redis"]
+    argv = [str(arg) for arg in redis["command"]]
+    assert option(argv, "--maxmemory-policy") == "noeviction"
+    assert option(argv, "--appendonly") == "yes"
+    assert any(volume.endswith(":/data") for volume in redis["volumes"])
+
+
+def test_compose_ports_match_binds() -> None:
+    """The published web and flower ports are those the processes bind, as in the Procfile."""
+    services = compose()["services"]
+    assert option(services["web"]["command"], "--bind") == f"0.0.0.0:{WEB_PORT}"
+    assert f"{WEB_PORT}:{WEB_PORT}" in services["web"]["ports"]
+    assert f"--port={FLOWER_PORT}" in services["flower"]["command"]
+    assert f"{FLOWER_PORT}:{FLOWER_PORT}" in services["flower"]["ports"]
+    for name in COMMANDS:
+        url = services[name]["environment"]["REDIS_URL"]
+        assert urlsplit(url).hostname == "redis", name
+
+
+def test_dockerfile_installs_every_package_and_runs_the_webhook() -> None:
+    """The Dockerfile copies every package, exposes the ports and defaults to the webhook."""
+    text = (DEPLOY / "Dockerfile").read_text()
+    for package in ("webhook", "worker", "sandbox", "asr_ingest"):
+        assert re.search(rf"^COPY {package} ", text, re.MULTILINE), package
+    assert re.search(rf"^EXPOSE .*\b{WEB_PORT}\b.*\b{FLOWER_PORT}\b", text, re.MULTILINE)
+    cmd = re.search(r"^CMD (\[.*\])$", text, re.MULTILINE)
+    assert cmd is not None
+    argv: list[str] = yaml.safe_load(cmd[1])
+    assert shlex.join(argv).startswith(COMMANDS["web"])
+    assert option(argv, "--bind") == f"0.0.0.0:{WEB_PORT}"
+    assert "USER app" in text
+
+
+def test_k8s_manifests_are_well_formed() -> None:
+    """Every manifest has apiVersion, kind and a name; Deployment selectors match their pods."""
+    docs = manifests()
+    assert docs
+    for doc in docs:
+        assert doc["apiVersion"] and doc["kind"] and doc["metadata"]["name"]
+        if doc["kind"] == "Deployment":
+            labels = doc["spec"]["template"]["metadata"]["labels"]
+            assert doc["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_k8s_commands_follow_contract() -> None:
+    """The web, worker, beat and flower containers run the contract's commands."""
+    for name, command in COMMANDS.items():
+        argv = container(f"asr-ingest-{name}")["command"]
+        assert shlex.join(argv).startswith(command), name
+    worker_argv = container("asr-ingest-worker")["command"]
+    assert option(worker_argv, "-Q").split(",") == [ARCHIVE_QUEUE, SUBMIT_QUEUE]
+
+
+def test_k8s_webhook_probes_and_service() -> None:
+    """The webhook probes /livez and /readyz on the port gunicorn binds; the Service targets it."""
+    web = container("asr-ingest-web")
+    port = next(p for p in web["ports"] if p["name"] == "http")
+    assert port["containerPort"] == WEB_PORT
+    assert option(web["command"], "--bind") == f"0.0.0.0:{WEB_PORT}"
+    assert web["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
+    assert web["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    service = find("Service", "asr-ingest-web")
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    pod_labels = find("Deployment", "asr-ingest-web")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+
+
+def test_k8s_scaling_targets() -> None:
+    """The HPA scales the webhook; KEDA scales workers on the Redis list of the archive queue."""
+    hpa = find("HorizontalPodAutoscaler", "asr-ingest-web")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "asr-ingest-web"
+    assert hpa["spec"]["minReplicas"] >= 2
+    keda = find("ScaledObject", "asr-ingest-worker")
+    assert keda["spec"]["scaleTargetRef"]["name"] == "asr-ingest-worker"
+    (trigger,) = keda["spec"]["triggers"]
+    assert trigger["type"] == "redis"
+    assert trigger["metadata"]["listName"] == ARCHIVE_QUEUE
+    redis_url = urlsplit(find("ConfigMap", "asr-ingest")["data"]["REDIS_URL"])
+    assert trigger["metadata"]["address"] == f"{redis_url.hostname}:{redis_url.port}"
+    assert trigger["metadata"]["databaseIndex"] == redis_url.path.strip("/")
+
+
+def test_k8s_beat_is_a_single_replica() -> None:
+    """Beat runs as exactly one replica and is replaced with Recreate, never two at once."""
+    beat = find("Deployment", "asr-ingest-beat")
+    assert beat["spec"]["replicas"] == 1
+    assert beat["spec"]["strategy"]["type"] == "Recreate"
+
+
+def test_k8s_configuration_names_are_settings() -> None:
+    """The ConfigMap and container env use only variables the settings (or AWS) read."""
+    known = set(SETTING_VARIABLES) | AWS_VARIABLES
+    names = set(find("ConfigMap", "asr-ingest")["data"])
+    for name in COMMANDS:
+        names |= {item["name"] for item in container(f"asr-ingest-{name}").get("env", [])}
+    assert names <= known, names - known
+
+
+def test_env_example_lists_every_variable() -> None:
+    """.env.example names every contract and settings variable, and nothing else."""
+    names = set(env_example())
+    assert set(CONTRACT_VARIABLES) <= names
+    assert set(SETTING_VARIABLES) <= names, set(SETTING_VARIABLES) - names
+    assert names <= set(SETTING_VARIABLES) | AWS_VARIABLES
+
+
+def test_env_example_values_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every value written in .env.example (default or example) is accepted by the settings."""
+    values = {k: v for k, v in env_example().items() if v and k in SETTING_VARIABLES}
+    assert "SUBMIT_RATES" in values
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    assert settings.submit_batch_size == int(values["SUBMIT_BATCH_SIZE"])
+
+
+def test_readme_configuration_table_is_complete() -> None:
+    """The README's configuration table has a row for every contract and settings variable."""
+    readme = (ROOT / "README.md").read_text()
+    rows = set(re.findall(r"^\| `([A-Z][A-Z0-9_]*)`", readme, re.MULTILINE))
+    missing = (set(CONTRACT_VARIABLES) | set(SETTING_VARIABLES)) - rows
+    assert not missing, missing
+
+
+def test_readme_covers_operations() -> None:
+    """The README names the two commands, the EventBridge facts, probes and receipt states."""
+    readme = (ROOT / "README.md").read_text()
+    facts = [
+        "make run", "make test", "make check", "make bench", "acs.dashscope",
+        "dashscope:System:AsyncTaskFinish", "NTP", "/livez", "/readyz", "/metrics", "Flower",
+        "RabbitMQ", "dead-letter",
+    ]  # fmt: skip
+    assert [fact for fact in facts if fact not in readme] == []
+    states = get_args(ReceiptState)
+    assert [state for state in states if f"`{state}`" not in readme] == []
+
+
+def test_starters_follow_contract(tmp_path: Path) -> None:
+    """The local stack's specs run the contract's webhook, worker and beat commands."""
+    env = {"REDIS_URL": "redis://127.0.0.1:6379/0"}
+    specs = {
+        "web": webhook_spec(8123, env),
+        "worker": worker_spec(env),
+        "beat": beat_spec(env, tmp_path / "schedule"),
+    }
+    for name, spec in specs.items():
+        argv = [Path(spec.argv[0]).name, *spec.argv[1:]]
+        assert shlex.join(argv).startswith(COMMANDS[name]), name
+    assert specs["web"].url == "http://127.0.0.1:8123"
+
+
+def test_copied_contract_matches_the_contract() -> None:
+    """The commands and variables copied here are those of spec/contract.md."""
+    if not CONTRACT.is_file():
+        pytest.skip("spec/contract.md is not beside this checkout")
+    text = CONTRACT.read_text()
+    table = dict(re.findall(r"^\| \w+ \| `([^`]+)`[^|]*\| `(\w+)` \|$", text, re.MULTILINE))
+    assert {name: command for command, name in table.items()} == COMMANDS
+    variables = re.findall(r"^\| (`[A-Z0-9_]+`(?:, `[A-Z0-9_]+`)*) \|", text, re.MULTILINE)
+    names = [name for row in variables for name in re.findall(r"`([A-Z0-9_]+)`", row)]
+    assert names == CONTRACT_VARIABLES
