@@ -110,7 +110,9 @@ class ResultServer:
         host, port = self._server.server_address[:2]
         self.url = f"http://{host!s}:{port}"
         self.url_regex = rf"http://127\.0\.0\.1:{port}/[^#\s]*"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
 
     def add(
