@@ -1,0 +1,166 @@
+"""EventBridge's side: build ``AsyncTaskFinish`` events and push them, signed, with retries.
+
+The event is the complete CloudEvents envelope of spec/dashscope-transcription.md ("The
+completion event"): ``source`` ``acs.dashscope``, ``type`` ``dashscope:System:AsyncTaskFinish``,
+``data.user_api_unique_key`` ending in the model, China-time ``start_time``/``end_time``,
+``contain_result: true`` and ``output_result.output`` (the task's query output). Pushes are
+signed per spec/eventbridge-signature.md (see :mod:`sandbox.signing`). A push that is not
+answered 2xx is retried with exponential backoff (EventBridge's exponential decay policy).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+import json
+import ssl
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from sandbox.config import SandboxConfig
+from sandbox.signing import SigningKeys, signed_headers
+from sandbox.state import Task, china_time
+from sandbox.timing import TimerQueue
+
+
+def _iso_utc(epoch: float) -> str:
+    stamp = dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
+
+
+def build_event(task: Task, config: SandboxConfig, now: float | None = None) -> dict[str, Any]:
+    """The ``AsyncTaskFinish`` event of an ended ``task`` (a JSON-ready dict, new ``id``)."""
+    now = time.time() if now is None else now
+    assert task.ended_at is not None
+    data = {
+        "task_id": task.task_id,
+        "task_status": task.status,
+        "start_time": china_time(task.scheduled_at or task.submitted_at, millis=False),
+        "end_time": china_time(task.ended_at, millis=False),
+        "user_api_unique_key": f"apikey:v1:audio:asr:transcription:{task.model}",
+        "region": config.region,
+        "request_id": task.request_id,
+        "api_key_id": "1250",
+        "contain_result": True,
+        "output_result": {"output": task.output(), "usage": task.usage()},
+    }
+    return {
+        "id": str(uuid.uuid4()),
+        "source": "acs.dashscope",
+        "specversion": "1.0",
+        "type": "dashscope:System:AsyncTaskFinish",
+        "time": _iso_utc(task.ended_at),
+        "datacontenttype": "application/json;charset=utf-8",
+        "aliyunaccountid": config.account_id,
+        "aliyunoriginalaccountid": config.account_id,
+        "aliyunpublishtime": _iso_utc(now),
+        "aliyuneventbusname": "default",
+        "aliyunregionid": config.region,
+        "data": data,
+    }
+
+
+def chosen(seed: str, key: str, fraction: float) -> bool:
+    """Deterministically pick ``fraction`` of keys (hash of ``seed`` and ``key``)."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+@dataclass
+class Delivery:
+    """One push attempt and its answer, as recorded for tests."""
+
+    event_id: str
+    task_id: str
+    copy: int
+    attempt: int
+    at: float
+    status_code: int | None
+    answer: Any
+    error: str | None
+
+    def view(self) -> dict[str, Any]:
+        """A plain-JSON picture of the attempt."""
+        return dict(self.__dict__)
+
+
+class Deliverer:
+    """Pushes events to ``config.callback_url`` on a :class:`TimerQueue`, recording every try."""
+
+    def __init__(
+        self,
+        config: SandboxConfig,
+        keys: SigningKeys,
+        cert_url: str,
+        timers: TimerQueue,
+        verify: ssl.SSLContext | bool = True,
+    ) -> None:
+        self.config = config
+        self.keys = keys
+        self.cert_url = cert_url
+        self.timers = timers
+        self.client = httpx.Client(verify=verify, timeout=config.delivery_timeout_seconds)
+        self.deliveries: list[Delivery] = []
+        self.dropped: list[str] = []
+        self._lock = threading.Lock()
+
+    def task_ended(self, task: Task) -> None:
+        """Schedule the event of ``task`` and its duplicates, unless it is chosen to be dropped."""
+        config = self.config
+        if config.callback_url is None:
+            return
+        if chosen(config.seed + ":drop", task.task_id, config.drop_fraction):
+            with self._lock:
+                self.dropped.append(task.task_id)
+            return
+        for copy in range(config.duplicates + 1):
+            spread = config.duplicate_spread_seconds * copy / max(config.duplicates, 1)
+            body = json.dumps(build_event(task, config), ensure_ascii=False).encode()
+            push = functools.partial(self._push, task.task_id, body, copy, 1)
+            self.timers.call_later(config.delivery_delay_seconds + spread, push)
+
+    def _push(self, task_id: str, body: bytes, copy: int, attempt: int) -> None:
+        config = self.config
+        assert config.callback_url is not None
+        headers = signed_headers(
+            self.keys,
+            url=config.callback_url,
+            cert_url=self.cert_url,
+            body=body,
+            version=config.signature_version,
+            token=config.signature_token,
+            token_line=config.sign_token_line,
+            trailing_newline=config.sign_trailing_newline,
+        )
+        headers["content-type"] = "application/json;charset=utf-8"
+        status, answer, error = self._post(config.callback_url, body, headers)
+        event_id = json.loads(body)["id"]
+        record = Delivery(event_id, task_id, copy, attempt, time.time(), status, answer, error)
+        with self._lock:
+            self.deliveries.append(record)
+        if (status is None or not 200 <= status < 300) and attempt < config.retry_max_attempts:
+            delay = min(config.retry_base_seconds * 2 ** (attempt - 1), config.retry_max_seconds)
+            self.timers.call_later(delay, lambda: self._push(task_id, body, copy, attempt + 1))
+
+    def _post(
+        self, url: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int | None, Any, str | None]:
+        try:
+            response = self.client.post(url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            return None, None, type(exc).__name__
+        try:
+            answer: Any = response.json()
+        except ValueError:
+            answer = response.text[:1000]
+        return response.status_code, answer, None
+
+    def close(self) -> None:
+        """Close the HTTP client."""
+        self.client.close()
