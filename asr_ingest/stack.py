@@ -167,6 +167,23 @@ class Stack:
         probe does not pass within ``spec.ready_timeout_s``; :class:`ValueError` when a child
         of that name is already running; :class:`OSError` when ``argv`` cannot be executed.
         """
+        return self.start_many([spec])[0]
+
+    def start_many(self, specs: Sequence[ChildSpec]) -> list[Child]:
+        """Start independent children together, then wait until each is ready (as :meth:`start`).
+
+        Faster than one by one when their start-up times overlap (e.g. Redis, moto, sandbox).
+        """
+        children = [self._launch(spec) for spec in specs]
+        for child in children:
+            try:
+                self._wait_ready(child)
+            except StackError:
+                self._terminate(child)
+                raise
+        return children
+
+    def _launch(self, spec: ChildSpec) -> Child:
         current = self.children.get(spec.name)
         if current is not None and current.alive:
             raise ValueError(f"child {spec.name!r} is already running")
@@ -187,11 +204,6 @@ class Stack:
             target=self._pump, args=(child,), name=f"stack-{spec.name}", daemon=True
         )
         child.pump.start()
-        try:
-            self._wait_ready(child)
-        except StackError:
-            self._terminate(child)
-            raise
         return child
 
     def stop(self, name: str) -> int | None:

@@ -95,6 +95,17 @@ def test_start_waits_for_the_probe(tmp_path: Path) -> None:
         assert time.monotonic() - began >= 0.4
 
 
+def test_start_many_launches_before_waiting(tmp_path: Path) -> None:
+    """start_many launches every child before waiting, so one may become ready through another."""
+    flag = tmp_path / "b-started"
+    a = python("a", "import time; time.sleep(60)", probe=flag.exists, ready_timeout_s=10)
+    b = python("b", f"import pathlib, time; pathlib.Path({str(flag)!r}).touch(); time.sleep(60)")
+    with Stack(sink=lambda _: None) as stack:
+        started = stack.start_many([a, b])
+        assert [child.spec.name for child in started] == ["a", "b"]
+        assert all(child.alive for child in started)
+
+
 def test_child_exiting_before_ready_raises_with_its_output() -> None:
     """A child that exits before its probe passes raises StackError naming the code and tail."""
     code = "import sys; print('cannot bind'); sys.exit(3)"
