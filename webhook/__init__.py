@@ -34,7 +34,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     configure_logging(settings.log_format)
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = settings.webhook_max_body_bytes
+    # One byte over the cap, so a chunked body that is too large is seen as such (views).
+    app.config["MAX_CONTENT_LENGTH"] = settings.webhook_max_body_bytes + 1
     app.extensions[EXTENSION] = build_webhook(settings)
     app.register_blueprint(bp)
     return app

@@ -80,7 +80,7 @@ def eventbridge_callback() -> tuple[Response, int]:
 
 def _handle(hook: Webhook, fields: dict[str, str]) -> Answer:
     try:
-        body = request.get_data(cache=False)
+        body = _read_body(hook.settings.webhook_max_body_bytes)
     except RequestEntityTooLarge:
         return Answer(413, "rejected", "body_too_large", {"error": "body_too_large"})
     try:
@@ -94,6 +94,18 @@ def _handle(hook: Webhook, fields: dict[str, str]) -> Answer:
     except WebhookError as exc:
         outcome = "rejected" if exc.status < 500 else "unavailable"
         return Answer(exc.status, outcome, exc.reason, {"error": exc.reason})
+
+
+def _read_body(limit: int) -> bytes:
+    """The raw body; raises RequestEntityTooLarge when it is over ``limit`` bytes.
+
+    Werkzeug stops a chunked body (no Content-Length) silently at ``MAX_CONTENT_LENGTH``, so
+    :func:`webhook.create_app` sets that to ``limit + 1`` and a body that reaches it is too large.
+    """
+    body = request.get_data(cache=False)
+    if len(body) > limit:
+        raise RequestEntityTooLarge()
+    return body
 
 
 def _verify(hook: Webhook, body: bytes) -> str:

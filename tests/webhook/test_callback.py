@@ -112,6 +112,15 @@ def test_oversized_body_is_413(
     assert nothing_stored(redis_client)
 
 
+def test_body_at_the_cap_is_accepted(settings: Settings, signer: Signer) -> None:
+    """A body of exactly WEBHOOK_MAX_BODY_BYTES is taken; the cap is inclusive."""
+    app = create_app(changed(settings, webhook_max_body_bytes=4096))
+    body = event_body("task-cap", padding="")
+    body = event_body("task-cap", padding="x" * (4096 - len(body)))
+    assert len(body) == 4096
+    assert post(app.test_client(), body, signer.headers(body))[0] == 200
+
+
 Mutation = Callable[
     [dict[str, str], bytes, Identity, CertificateHost], tuple[dict[str, str], bytes]
 ]
