@@ -183,29 +183,6 @@ class Stack:
                 raise
         return children
 
-    def _launch(self, spec: ChildSpec) -> Child:
-        current = self.children.get(spec.name)
-        if current is not None and current.alive:
-            raise ValueError(f"child {spec.name!r} is already running")
-        environ = {**os.environ, "PYTHONUNBUFFERED": "1", **spec.env}
-        process = subprocess.Popen(  # noqa: S603  # argv from our own specs, no shell
-            list(spec.argv),
-            env=environ,
-            cwd=spec.cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        child = Child(spec, process)
-        self.children[spec.name] = child
-        self._arm()
-        child.pump = threading.Thread(
-            target=self._pump, args=(child,), name=f"stack-{spec.name}", daemon=True
-        )
-        child.pump.start()
-        return child
-
     def stop(self, name: str) -> int | None:
         """Stop one child (SIGTERM, then SIGKILL after ``grace_s``); its exit status."""
         return self._terminate(self.children[name])
@@ -243,6 +220,29 @@ class Stack:
 
     # -- internals ---------------------------------------------------------------------------
 
+    def _launch(self, spec: ChildSpec) -> Child:
+        current = self.children.get(spec.name)
+        if current is not None and current.alive:
+            raise ValueError(f"child {spec.name!r} is already running")
+        environ = {**os.environ, "PYTHONUNBUFFERED": "1", **spec.env}
+        process = subprocess.Popen(  # noqa: S603  # argv from our own specs, no shell
+            list(spec.argv),
+            env=environ,
+            cwd=spec.cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        child = Child(spec, process)
+        self.children[spec.name] = child
+        self._arm()
+        child.pump = threading.Thread(
+            target=self._pump, args=(child,), name=f"stack-{spec.name}", daemon=True
+        )
+        child.pump.start()
+        return child
+
     def _pump(self, child: Child) -> None:
         stream = child.process.stdout
         assert stream is not None
@@ -268,7 +268,8 @@ class Stack:
 
     def _emit(self, name: str, line: str) -> None:
         text = redact_urls(line) if self._redact else line
-        with self._lock:
+        # A closed or broken sink must not stop the pump: the child would block on a full pipe.
+        with self._lock, contextlib.suppress(OSError, ValueError):
             self._sink(f"{name.ljust(self._width)} | {text}")
 
     def _wait_ready(self, child: Child) -> None:
