@@ -16,8 +16,11 @@ Callbacks can be lost (EventBridge gives up, a rule is misconfigured). A sweep (
   4xx: given up, with a warning. A query that still fails after the client's retries ends
   the sweep; the task stays due.
 
-A sweep stops early when the query budget has no token within :data:`BUDGET_WAIT_S`; what is
-left is due at the next sweep. A Redis lock keeps sweeps from overlapping.
+Each task is claimed for one check by moving its due time :data:`RECHECK_S` ahead (atomic),
+so concurrent sweeps never query the same task twice; a Redis lock also keeps beat's sweeps
+from overlapping. A sweep stops early when the query budget has no token within
+:data:`BUDGET_WAIT_S`, or a query fails after the client's retries; the task is checked again
+:data:`RECHECK_S` later.
 """
 
 from __future__ import annotations
@@ -98,7 +101,10 @@ class Reconciler:
     def sweep(self, now: float | None = None, limit: int = 500) -> SweepReport:
         """Check up to ``limit`` due tasks (see the module docstring); what was done."""
         report = SweepReport()
-        for task_id in self.submissions.due(time.time() if now is None else now, limit):
+        now = time.time() if now is None else now
+        for task_id in self.submissions.due(now, limit):
+            if not self.submissions.take_due(task_id, now, now + RECHECK_S):
+                continue  # a concurrent sweep has it
             if self.receipts.load(task_id) is not None:
                 self.submissions.settle(task_id)
                 report.received.append(task_id)
@@ -106,6 +112,7 @@ class Reconciler:
             try:
                 self.limiter.acquire(timeout_s=BUDGET_WAIT_S)
             except TransientError:
+                self.submissions.reschedule(task_id, now)  # give it back for the next sweep
                 break
             report.queries += 1
             try:
@@ -127,8 +134,7 @@ class Reconciler:
             self._archive(task_id, sub.model, answer)
             report.archived.append(task_id)
         elif status in ("PENDING", "RUNNING"):
-            self.submissions.reschedule(task_id, time.time() + RECHECK_S)
-            report.pending.append(task_id)
+            report.pending.append(task_id)  # take_due moved it RECHECK_S ahead
         else:
             self.submissions.settle(task_id)
             report.lost.append(task_id)

@@ -38,6 +38,14 @@ _RUN = "asr:run:{}"
 COUNTERS = ("uploaded", "present", "submitted", "duplicate", "failed")
 UNSETTLED = frozenset({"planned", "uploaded", "present"})
 
+# KEYS[1] due set; ARGV: task_id, now, next due time. 1 when the task was due and is now ours.
+_TAKE_DUE = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) > tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+return 1
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class FileEntry:
@@ -89,6 +97,7 @@ class SubmissionStore:
     def __init__(self, client: redis.Redis, ttl_seconds: int) -> None:
         self._redis = client
         self._ttl = ttl_seconds
+        self._take_due = client.register_script(_TAKE_DUE)
 
     def create_run(
         self,
@@ -206,6 +215,13 @@ class SubmissionStore:
         """Up to ``limit`` task ids whose reconcile time is at or before ``now``, oldest first."""
         members = self._redis.zrangebyscore(DUE_KEY, "-inf", now, start=0, num=limit)
         return [m.decode() for m in cast("list[bytes]", members)]
+
+    def take_due(self, task_id: str, now: float, next_due: float) -> bool:
+        """Atomically claim a due task for one check, moving its time to ``next_due``.
+
+        False when it is not due (any more): another sweep took it, or it was settled.
+        """
+        return bool(self._take_due(keys=[DUE_KEY], args=[task_id, repr(now), repr(next_due)]))
 
     def reschedule(self, task_id: str, due_at: float) -> None:
         """Check ``task_id`` again at ``due_at`` (seconds since the epoch)."""

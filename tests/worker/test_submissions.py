@@ -81,3 +81,14 @@ def test_records_expire(redis_client: redis.Redis) -> None:
     store.record(Submission("t-9", "fun-asr", run_id, 0, {}, 1.0, []), 2.0, [])
     assert 0 < redis_client.ttl("asr:submission:t-9") <= 3600
     assert 0 < redis_client.ttl(f"asr:run:{run_id}") <= 3600
+
+
+def test_take_due_claims_a_due_task_once(redis_client: redis.Redis) -> None:
+    """Of two claims on one due task only the first wins; a task not yet due is not taken."""
+    store = _store(redis_client)
+    store.record(Submission("t-1", "fun-asr", "", 0, {}, 1.0, []), 100.0, [])
+    assert store.take_due("t-1", now=50.0, next_due=110.0) is False
+    assert store.take_due("t-1", now=100.0, next_due=160.0) is True
+    assert store.take_due("t-1", now=100.0, next_due=160.0) is False
+    assert store.due(now=159.0) == [] and store.due(now=160.0) == ["t-1"]
+    assert store.take_due("gone", now=1e9, next_due=2e9) is False
