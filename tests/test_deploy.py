@@ -145,6 +145,17 @@ def test_dockerfile_installs_every_package_and_runs_the_webhook() -> None:
     assert "USER app" in text
 
 
+def test_docker_build_context_keeps_what_the_dockerfile_copies() -> None:
+    """Every path the Dockerfile copies from the context is re-included by its .dockerignore."""
+    text = (DEPLOY / "Dockerfile").read_text()
+    sources = re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.MULTILINE)
+    copied = {path.rstrip("/") for line in sources for path in line.split()}
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    kept = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    assert "*" in ignore
+    assert copied == kept
+
+
 def test_k8s_manifests_are_well_formed() -> None:
     """Every manifest has apiVersion, kind and a name; Deployment selectors match their pods."""
     docs = manifests()
