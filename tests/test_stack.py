@@ -182,8 +182,12 @@ def test_kill_and_restart() -> None:
         assert stack["worker"] is second
 
 
-def test_parent_sigterm_stops_children(tmp_path: Path) -> None:
-    """SIGTERM to the supervising process stops its children and grandchildren, then exits."""
+@pytest.mark.parametrize(
+    ("signum", "status"),
+    [(signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGINT, -signal.SIGINT)],
+)
+def test_parent_signal_stops_children(tmp_path: Path, signum: int, status: int) -> None:
+    """SIGTERM or Ctrl-C (SIGINT) to the supervising process stops its whole family, then exits."""
     script = tmp_path / "parent.py"
     script.write_text(textwrap.dedent(f"""
         import sys, time
@@ -196,8 +200,8 @@ def test_parent_sigterm_stops_children(tmp_path: Path) -> None:
     assert parent.stdout is not None
     line = parent.stdout.readline()
     assert line.startswith("kid      | pids ")
-    parent.send_signal(signal.SIGTERM)
-    assert parent.wait(10) == 128 + signal.SIGTERM
+    parent.send_signal(signum)
+    assert parent.wait(10) == status
     assert all(gone(int(pid)) for pid in line.split()[-2:])
 
 
