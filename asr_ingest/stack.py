@@ -123,7 +123,10 @@ def _signal_group(pgid: int, signum: int) -> None:
 class Stack:
     """Child processes started in order and stopped in reverse order.
 
-    ``sink`` receives prefixed, redacted output lines (default :func:`print_line`);
+    ``sink`` receives prefixed, redacted output lines as plain text (default :func:`print_line`;
+    with rich, pass ``lambda line: console.print(line, markup=False, highlight=False)``, since
+    log lines hold brackets rich would read as markup); ``log_dir`` gets a raw ``<name>.log``
+    per child;
     ``grace_s`` is how long a child may take to exit after SIGTERM before SIGKILL (seconds);
     ``handle_signals`` installs SIGTERM/SIGINT handlers while children run (main thread only).
     """
