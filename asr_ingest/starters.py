@@ -28,7 +28,7 @@ import redis
 from celery import Celery
 
 from asr_ingest.embedded import redis_server_binary
-from asr_ingest.stack import ChildSpec, Probe
+from asr_ingest.stack import Child, ChildSpec, Probe
 from worker.queues import ARCHIVE_QUEUE, SUBMIT_QUEUE
 
 LOCALHOST = "127.0.0.1"
@@ -170,6 +170,28 @@ def sandbox_spec(
     argv = [script("asr-ingest"), "sandbox", "--host", LOCALHOST, "--port", str(port)]
     argv += ["--callback-url", callback_url, *extra_args]
     return ChildSpec(name, argv, env=dict(env or {}), probe=http_probe(f"{url}/"), url=url)
+
+
+SANDBOX_VARIABLES = (
+    "DASHSCOPE_BASE_URL",
+    "DASHSCOPE_API_KEY",
+    "RESULT_URL_REGEX",
+    "EVENTBRIDGE_CERT_URL_REGEX",
+)
+"""What ``asr-ingest sandbox`` prints at start as ``NAME=value`` lines (see :mod:`sandbox.cli`)."""
+
+
+def sandbox_env(child: Child, timeout_s: float = 10.0) -> dict[str, str]:
+    """The settings a webhook and worker need to trust a started sandbox, from its output.
+
+    A mapping of each name in :data:`SANDBOX_VARIABLES` to its value. Raises
+    :class:`asr_ingest.stack.StackError` when the sandbox does not print them in time.
+    """
+    env: dict[str, str] = {}
+    for name in SANDBOX_VARIABLES:
+        line = child.wait_for(f"{name}=", timeout_s)
+        env[name] = line.split("=", 1)[1]
+    return env
 
 
 def webhook_spec(

@@ -15,7 +15,15 @@ import pytest
 import redis
 
 from asr_ingest.stack import ChildSpec, Stack, StackError
-from asr_ingest.starters import broker_url_for, free_port, moto_spec, redis_spec, worker_spec
+from asr_ingest.starters import (
+    broker_url_for,
+    free_port,
+    moto_spec,
+    redis_spec,
+    sandbox_env,
+    sandbox_spec,
+    worker_spec,
+)
 
 PY = sys.executable
 
@@ -224,6 +232,16 @@ def test_moto_child_answers(tmp_path: Path) -> None:
         child = stack.start(moto_spec(free_port()))
         assert child.spec.url.startswith("http://127.0.0.1:")
         assert child.alive
+
+
+def test_sandbox_child_reports_its_settings() -> None:
+    """The sandbox spec starts the stand-in; sandbox_env reads the settings it prints."""
+    with Stack(sink=lambda _: None) as stack:
+        child = stack.start(sandbox_spec(free_port(), "http://127.0.0.1:9/callbacks/eventbridge"))
+        env = sandbox_env(child)
+        assert env["DASHSCOPE_BASE_URL"] == child.spec.url + "/api/v1"
+        assert env["DASHSCOPE_API_KEY"] == "sk-sandbox"
+        assert env["RESULT_URL_REGEX"] and env["EVENTBRIDGE_CERT_URL_REGEX"]
 
 
 def test_worker_ready_by_ping_and_restart(tmp_path: Path) -> None:
