@@ -131,6 +131,7 @@ class Archiver:
 
     def fail(self, receipt: Receipt, exc: WorkerError) -> Outcome:
         """Write a manifest that records a task-level failure ``exc``; returns the outcome."""
+        metrics.failure(exc.reason)
         manifest = self._manifest(receipt, receipt.model, "UNKNOWN", [])
         manifest.update(code=None, message=None, archive_status="failed")
         manifest["archive_error"] = _error(exc)

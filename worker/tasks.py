@@ -209,7 +209,6 @@ def _give_up(
         archiver.fail(receipt, error)
     except WorkerError as exc:
         log.warning("failure_manifest_not_written", reason=exc.reason)
-    metrics.failure(error.reason)
     _dead_letter(res, store, receipt.task_id, error, attempt)
     return "dead"
 
