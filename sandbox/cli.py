@@ -1,25 +1,84 @@
 """``asr-ingest sandbox``: serve the DashScope + EventBridge stand-in until interrupted.
 
 Prints ``sandbox listening on http://HOST:PORT`` first (``--port 0`` picks a free port), then
-the environment a webhook and worker need to trust it.
+the environment a webhook and worker need to trust it. Options map onto
+:class:`sandbox.config.SandboxConfig` fields (:data:`OPTION_FIELDS`).
 """
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 import click
+import structlog
 
 from sandbox.config import DEFAULT_SUBMIT_RPS, SandboxConfig
 from sandbox.server import READY_PREFIX, Sandbox
+
+OPTION_FIELDS = {
+    "api_key": "api_key",
+    "callback_url": "callback_url",
+    "signature_version": "signature_version",
+    "token": "signature_token",
+    "delivery_delay": "delivery_delay_seconds",
+    "duplicates": "duplicates",
+    "duplicate_spread": "duplicate_spread_seconds",
+    "drop_fraction": "drop_fraction",
+    "fail_fraction": "fail_fraction",
+    "result_padding": "result_padding_bytes",
+    "pending_seconds": "pending_seconds",
+    "running_seconds": "min_running_seconds",
+    "retry_base": "retry_base_seconds",
+    "retry_max_attempts": "retry_max_attempts",
+    "query_qps": "query_qps",
+}
+FRACTION = click.FloatRange(0.0, 1.0)
+SECONDS = click.FloatRange(min=0.0)
 
 
 def _rates(pairs: tuple[str, ...]) -> dict[str, float]:
     rates = dict(DEFAULT_SUBMIT_RPS)
     for pair in pairs:
         family, sep, rate = pair.partition("=")
+        try:
+            rates[family.strip()] = float(rate)
+        except ValueError:
+            sep = ""
         if not sep:
-            raise click.BadParameter(f"expected FAMILY=RPS, got {pair!r}")
-        rates[family.strip()] = float(rate)
+            raise click.BadParameter(
+                f"expected FAMILY=RPS, got {pair!r}", param_hint="--submit-rps"
+            )
     return rates
+
+
+def configure_logging(console: bool) -> None:
+    """structlog to stdout: JSON lines, or the console renderer on a terminal.
+
+    The sandbox is a stand-in for a foreign service, so it does not borrow the product's
+    logging setup; it never logs a signed URL.
+    """
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            renderer,
+        ],
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+    )
+
+
+def config_from_options(options: dict[str, Any]) -> SandboxConfig:
+    """The :class:`SandboxConfig` for parsed CLI ``options`` (click parameter names)."""
+    fields = {field: options[name] for name, field in OPTION_FIELDS.items()}
+    return SandboxConfig(
+        **fields,
+        submit_rps=_rates(options["submit_rps"]),
+        use_ffprobe=not options["no_ffprobe"],
+    )
 
 
 @click.command()
@@ -29,47 +88,30 @@ def _rates(pairs: tuple[str, ...]) -> dict[str, float]:
 @click.option("--api-key", default="sk-sandbox", show_default=True, envvar="DASHSCOPE_API_KEY")
 @click.option("--signature-version", type=click.Choice(["v2", "v1"]), default="v2")
 @click.option("--token", help="x-eventbridge-signature-token to send.")
-@click.option("--delivery-delay", type=float, default=0.0, help="Seconds before the first push.")
-@click.option("--duplicates", type=int, default=0, help="Extra copies of each event.")
-@click.option("--duplicate-spread", type=float, default=1.0, help="Seconds over which copies go.")
-@click.option("--drop-fraction", type=float, default=0.0, help="Fraction of tasks not announced.")
-@click.option("--fail-fraction", type=float, default=0.0, help="Fraction of files that fail.")
-@click.option("--result-padding", type=int, default=0, help="Extra bytes in each result file.")
-@click.option("--pending-seconds", type=float, default=0.2)
-@click.option("--running-seconds", type=float, default=0.2, help="Least time RUNNING.")
-@click.option("--retry-base", type=float, default=1.0, help="First retry delay in seconds.")
-@click.option("--retry-max-attempts", type=int, default=176)
-@click.option("--query-qps", type=float, default=20.0)
+@click.option("--delivery-delay", type=SECONDS, default=0.0, help="Seconds before the first push.")
+@click.option("--duplicates", type=click.IntRange(min=0), default=0, help="Extra copies per event.")
+@click.option("--duplicate-spread", type=SECONDS, default=1.0, help="Seconds the copies span.")
+@click.option("--drop-fraction", type=FRACTION, default=0.0, help="Share of tasks not announced.")
+@click.option("--fail-fraction", type=FRACTION, default=0.0, help="Share of files that fail.")
+@click.option("--result-padding", type=click.IntRange(min=0), default=0, help="Bytes added.")
+@click.option("--pending-seconds", type=SECONDS, default=0.2, show_default=True)
+@click.option("--running-seconds", type=SECONDS, default=0.2, help="Least time RUNNING.")
+@click.option("--retry-base", type=SECONDS, default=1.0, help="First retry delay in seconds.")
+@click.option("--retry-max-attempts", type=click.IntRange(min=1), default=176, show_default=True)
+@click.option("--query-qps", type=click.FloatRange(min=0.1), default=20.0, show_default=True)
 @click.option("--submit-rps", multiple=True, help="FAMILY=RPS, repeatable.")
 @click.option("--no-ffprobe", is_flag=True, help="Probe media with mutagen only.")
-@click.option("--log-requests", is_flag=True)
-def sandbox(host: str, port: int, log_requests: bool, **options: object) -> None:
+@click.option("--log-requests", is_flag=True, help="Log every HTTP request.")
+def sandbox(host: str, port: int, log_requests: bool, **options: Any) -> None:
     """Run the local DashScope + EventBridge stand-in."""
-    config = SandboxConfig(
-        api_key=str(options["api_key"]),
-        callback_url=options["callback_url"],  # type: ignore[arg-type]  # click gives str | None
-        signature_version=options["signature_version"],  # type: ignore[arg-type]  # a Choice
-        signature_token=options["token"],  # type: ignore[arg-type]  # click gives str | None
-        delivery_delay_seconds=float(options["delivery_delay"]),  # type: ignore[arg-type]
-        duplicates=int(options["duplicates"]),  # type: ignore[call-overload]
-        duplicate_spread_seconds=float(options["duplicate_spread"]),  # type: ignore[arg-type]
-        drop_fraction=float(options["drop_fraction"]),  # type: ignore[arg-type]
-        fail_fraction=float(options["fail_fraction"]),  # type: ignore[arg-type]
-        result_padding_bytes=int(options["result_padding"]),  # type: ignore[call-overload]
-        pending_seconds=float(options["pending_seconds"]),  # type: ignore[arg-type]
-        min_running_seconds=float(options["running_seconds"]),  # type: ignore[arg-type]
-        retry_base_seconds=float(options["retry_base"]),  # type: ignore[arg-type]
-        retry_max_attempts=int(options["retry_max_attempts"]),  # type: ignore[call-overload]
-        query_qps=float(options["query_qps"]),  # type: ignore[arg-type]
-        submit_rps=_rates(options["submit_rps"]),  # type: ignore[arg-type]
-        use_ffprobe=not options["no_ffprobe"],
-    )
+    config = config_from_options(options)
+    configure_logging(console=sys.stdout.isatty())
     server = Sandbox(config, host=host, port=port, log_requests=log_requests)
     click.echo(READY_PREFIX + server.url)
     click.echo(f"DASHSCOPE_BASE_URL={server.api_url}")
     click.echo(f"DASHSCOPE_API_KEY={config.api_key}")
     click.echo(f"RESULT_URL_REGEX={server.result_url_regex}")
-    click.echo(f"EVENTBRIDGE_CERT_URL_REGEX={server.cert_url_regex}", nl=True)
+    click.echo(f"EVENTBRIDGE_CERT_URL_REGEX={server.cert_url_regex}")
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -22,11 +22,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import structlog
 
 from sandbox.config import SandboxConfig
 from sandbox.signing import SigningKeys, signed_headers
 from sandbox.state import Task, china_time
 from sandbox.timing import TimerQueue
+
+log = structlog.get_logger("sandbox.eventbridge")
 
 
 def _iso_utc(epoch: float) -> str:
@@ -118,6 +121,7 @@ class Deliverer:
         if chosen(config.seed + ":drop", task.task_id, config.drop_fraction):
             with self._lock:
                 self.dropped.append(task.task_id)
+            log.info("event dropped", task_id=task.task_id)
             return
         for copy in range(config.duplicates + 1):
             spread = config.duplicate_spread_seconds * copy / max(config.duplicates, 1)
@@ -144,6 +148,15 @@ class Deliverer:
         record = Delivery(event_id, task_id, copy, attempt, time.time(), status, answer, error)
         with self._lock:
             self.deliveries.append(record)
+        log.info(
+            "event pushed",
+            task_id=task_id,
+            event_id=event_id,
+            copy=copy,
+            attempt=attempt,
+            status_code=status,
+            error=error,
+        )
         if (status is None or not 200 <= status < 300) and attempt < config.retry_max_attempts:
             delay = min(config.retry_base_seconds * 2 ** (attempt - 1), config.retry_max_seconds)
             self.timers.call_later(delay, lambda: self._push(task_id, body, copy, attempt + 1))

@@ -10,6 +10,7 @@ a top-level ``sandbox`` object says so (it also holds the optional size padding)
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -28,7 +29,7 @@ _MAX_WORDS = 5000
 
 def _words(media: MediaInfo, channel: int) -> list[str]:
     count = max(1, min(_MAX_WORDS, int(media.duration_ms / 1000 * _WORDS_PER_SECOND)))
-    seed = bytes.fromhex(media.sha256) + channel.to_bytes(2, "big")
+    seed = hashlib.sha256(f"{media.sha256}:{channel}".encode()).digest()
     return [_WORDS[seed[i % len(seed)] * (i + 1) % len(_WORDS)] for i in range(count)]
 
 

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import structlog
 
 from sandbox import results
 from sandbox.config import SandboxConfig
@@ -35,6 +36,9 @@ from sandbox.timing import TimerQueue, WindowLimiter
 def tls_context() -> ssl.SSLContext:
     """One default TLS context for every HTTP client here (loading CA roots is slow)."""
     return ssl.create_default_context()
+
+
+log = structlog.get_logger("sandbox")
 
 
 class SandboxService:
@@ -85,6 +89,7 @@ class SandboxService:
             with self._lock:
                 self.submissions.append(record)
         self.timers.call_later(self.config.pending_seconds, lambda: self._start(task))
+        log.info("task submitted", task_id=task.task_id, model=task.model, files=len(task.subtasks))
         output = {"task_id": task.task_id, "task_status": task.status}
         return {"request_id": request_id, "output": output}
 
@@ -188,6 +193,7 @@ class SandboxService:
     def _finish(self, task: Task) -> None:
         with self._lock:
             task.finish(time.time())
+        log.info("task ended", task_id=task.task_id, status=task.status, **task.metrics())
         self.deliverer.task_ended(task)
 
     # -- tests ----------------------------------------------------------------------------

@@ -1,0 +1,73 @@
+"""``asr-ingest sandbox`` as a child process, and its option parsing."""
+
+from __future__ import annotations
+
+import json
+import re
+from http import HTTPStatus
+from pathlib import Path
+
+import dashscope
+import pytest
+from click.testing import CliRunner
+from dashscope.audio.asr import Transcription
+
+from asr_ingest.cli import main
+from sandbox.server import SandboxProcess
+from tests.fixtures.sandbox import CallbackReceiver, MediaServer, wait_for
+from tests.sandbox.verifier import fetch_public_key, verify
+
+
+def test_child_process_serves_sdk_and_pushes_events(
+    tmp_path: Path,
+    media_server: MediaServer,
+    callback_receiver: CallbackReceiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The command serves the SDK, pushes signed events as optioned, and exposes its state."""
+    args = ["--callback-url", callback_receiver.url, "--duplicates", "1"]
+    args += ["--duplicate-spread", "0.1", "--pending-seconds", "0", "--running-seconds", "0"]
+    args += ["--signature-version", "v1", "--no-ffprobe"]
+    with SandboxProcess(args, tmp_path / "sandbox.log") as child:
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", child.url)
+        monkeypatch.setattr(dashscope, "base_http_api_url", child.api_url)
+        submitted = Transcription.async_call(
+            model="fun-asr", file_urls=[media_server.url_for("hello.wav")], api_key="sk-sandbox"
+        )
+        done = Transcription.wait(task=submitted, api_key="sk-sandbox")
+        assert done.status_code == HTTPStatus.OK and done.output.task_status == "SUCCEEDED"
+        wait_for(lambda: len(callback_receiver.requests) == 2)
+        state = wait_for(lambda: len(child.state()["deliveries"]) == 2 and child.state())
+        assert list(state["tasks"]) == [submitted.output.task_id]
+        key = fetch_public_key(child.cert_url)
+        headers, body = callback_receiver.requests[0]
+        assert verify(callback_receiver.url, headers, body, key) == "plain+newline"
+    log = (tmp_path / "sandbox.log").read_text()
+    assert f"EVENTBRIDGE_CERT_URL_REGEX={child.cert_url_regex}" in log
+    events = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    assert {"task submitted", "task ended", "event pushed"} <= {e["event"] for e in events}
+    assert "Signature=" not in log
+
+
+def test_child_process_start_failure_is_reported(tmp_path: Path) -> None:
+    """A child that exits at once (bad option) makes start() raise RuntimeError."""
+    with pytest.raises(RuntimeError, match="did not start"):
+        SandboxProcess(["--drop-fraction", "2"], tmp_path / "bad.log").start(timeout=20)
+
+
+def test_help_lists_fault_options() -> None:
+    """``asr-ingest sandbox --help`` documents the callback URL and the fault options."""
+    result = CliRunner().invoke(main, ["sandbox", "--help"])
+    assert result.exit_code == 0
+    for option in ("--callback-url", "--duplicates", "--drop-fraction", "--fail-fraction"):
+        assert option in result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--submit-rps", "fun-asr"], ["--submit-rps", "fun-asr=fast"], ["--fail-fraction", "-1"]],
+)
+def test_bad_options_exit_with_usage_error(args: list[str]) -> None:
+    """Malformed --submit-rps values and out-of-range fractions are usage errors (exit 2)."""
+    result = CliRunner().invoke(main, ["sandbox", "--port", "0", *args])
+    assert result.exit_code == 2
