@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import cast
 
 import redis
 
+from worker.lease import reset_deliveries
 from worker.logs import redact_urls
+from worker.store import ReceiptStore
 
 DLQ_KEY = "asr:dlq"
 DLQ_INDEX_KEY = "asr:dlq:index"
@@ -75,3 +78,33 @@ class DeadLetters:
         pipe.zrem(DLQ_INDEX_KEY, task_id)
         removed, _ = pipe.execute()
         return bool(removed)
+
+
+def replay(
+    client: redis.Redis,
+    task_ids: list[str] | None,
+    send: Callable[[str], None],
+    receipt_ttl_s: int,
+) -> tuple[list[str], list[str]]:
+    """Re-enqueue dead letters (all when ``task_ids`` is None) for a fresh archive run.
+
+    For each: the delivery count is reset, the receipt goes back to ``enqueued``, ``send``
+    publishes the archive message (with ``replay=True``: an existing manifest is rewritten) and
+    the dead letter is removed. Returns ``(replayed, missing)``; an id without a dead letter or
+    whose stored event has expired is listed as missing and left as it is.
+    """
+    letters = DeadLetters(client)
+    wanted = task_ids if task_ids is not None else [d.task_id for d in letters.list()]
+    store = ReceiptStore(client, receipt_ttl_s)
+    replayed: list[str] = []
+    missing: list[str] = []
+    for task_id in wanted:
+        if letters.get(task_id) is None or store.load(task_id) is None:
+            missing.append(task_id)
+            continue
+        reset_deliveries(client, task_id)
+        store.set_state(task_id, "enqueued")
+        send(task_id)
+        letters.remove(task_id)
+        replayed.append(task_id)
+    return replayed, missing
