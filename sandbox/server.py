@@ -2,7 +2,8 @@
 
 Both expose the same facts: ``url`` (``http://host:port``), ``api_url`` (``url + "/api/v1"``,
 for ``DASHSCOPE_BASE_URL`` or ``dashscope.base_http_api_url``), ``cert_url``, and the regular
-expressions that trust them (``RESULT_URL_REGEX``, ``EVENTBRIDGE_CERT_URL_REGEX``), plus
+expressions that trust them (``RESULT_URL_REGEX``, ``EVENTBRIDGE_CERT_URL_REGEX``), ``env``
+(those four variables with ``DASHSCOPE_API_KEY``, ready for a child's environment), plus
 ``state()``, the JSON record of submissions, queries, tasks and deliveries.
 """
 
@@ -30,9 +31,14 @@ READY_PREFIX = "sandbox listening on "
 
 
 class _Handler(WSGIRequestHandler):
-    """Keep-alive HTTP/1.1 (cheap for thousands of requests); quiet unless asked."""
+    """Keep-alive HTTP/1.1 (cheap for thousands of requests); quiet unless asked.
+
+    Nagle is off: headers and body go out in separate writes, and with delayed ACKs each small
+    answer would otherwise wait about 40 ms.
+    """
 
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
     quiet = True
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
@@ -46,6 +52,17 @@ class _LoudHandler(_Handler):
 
 class _Endpoints:
     url: str
+    api_key: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for a webhook and worker that should use and trust this sandbox."""
+        return {
+            "DASHSCOPE_BASE_URL": self.api_url,
+            "DASHSCOPE_API_KEY": self.api_key,
+            "RESULT_URL_REGEX": self.result_url_regex,
+            "EVENTBRIDGE_CERT_URL_REGEX": self.cert_url_regex,
+        }
 
     @property
     def api_url(self) -> str:
@@ -90,6 +107,7 @@ class Sandbox(_Endpoints):
             host, port, _not_ready, threaded=True, request_handler=handler
         )
         self.url = f"http://{host}:{self._server.server_port}"
+        self.api_key = self.config.api_key
         self.service = SandboxService(self.config, self.url, keys)
         self._server.app = create_app(self.service)
         self._thread = threading.Thread(
@@ -136,7 +154,10 @@ class SandboxProcess(_Endpoints):
     """
 
     def __init__(self, args: list[str], log_path: Path, host: str = "127.0.0.1") -> None:
+        if "--api-key" not in args:  # never inherit DASHSCOPE_API_KEY from the environment
+            args = [*args, "--api-key", "sk-sandbox"]
         self.args = ["--host", host, "--port", "0", *args]
+        self.api_key = args[args.index("--api-key") + 1]
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
         self.url = ""

@@ -164,14 +164,17 @@ class SandboxService:
         try:
             body = self._transcribe(task, index)
         except MediaError as exc:
-            subtask.status, subtask.code, subtask.message = "FAILED", exc.code, exc.message
+            with self._lock:
+                subtask.status, subtask.code, subtask.message = "FAILED", exc.code, exc.message
+                task.remaining -= 1
         else:
             path = f"{RESULTS_PREFIX}{task.task_id}/{index:04d}.json"
-            task.results[index] = body
-            subtask.transcription_url = self.links.url_for(path)
-            subtask.status = "SUCCEEDED"
+            with self._lock:
+                task.results[index] = body
+                subtask.transcription_url = self.links.url_for(path)
+                subtask.status = "SUCCEEDED"
+                task.remaining -= 1
         with self._lock:
-            task.remaining -= 1
             last = task.remaining == 0
         if last:
             assert task.scheduled_at is not None

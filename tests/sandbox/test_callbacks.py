@@ -39,6 +39,13 @@ def bodies(receiver: CallbackReceiver, count: int, timeout: float = 10) -> list[
     return [json.loads(body) for _, body in receiver.requests]
 
 
+def recorded(sandbox: Sandbox, count: int) -> list[dict[str, Any]]:
+    """The sandbox's delivery records, once there are ``count`` of them."""
+    state = wait_for(lambda: len(sandbox.state()["deliveries"]) >= count and sandbox.state())
+    deliveries: list[dict[str, Any]] = state["deliveries"]
+    return deliveries
+
+
 @pytest.fixture
 def box(
     make_sandbox: Callable[..., Sandbox], callback_receiver: CallbackReceiver
@@ -149,9 +156,7 @@ def test_non_2xx_answers_are_retried_with_backoff(
     submit(sandbox, "fun-asr", [media_server.url_for("hello.wav")])
     events = bodies(callback_receiver, 4)
     assert len({e["id"] for e in events}) == 1
-    deliveries = wait_for(lambda: len(sandbox.state()["deliveries"]) == 4 and sandbox.state())[
-        "deliveries"
-    ]
+    deliveries = recorded(sandbox, 4)
     assert [d["status_code"] for d in deliveries] == [503, 500, 404, 200]
     assert [d["attempt"] for d in deliveries] == [1, 2, 3, 4]
     assert deliveries[-1]["answer"] == {"status": "accepted"}
@@ -179,9 +184,7 @@ def test_unreachable_target_is_retried(
     """A connection failure is recorded without a status and retried."""
     sandbox = make_sandbox(callback_url="http://127.0.0.1:9/cb", retry_max_attempts=2)
     submit(sandbox, "fun-asr", [media_server.url_for("hello.wav")])
-    deliveries = wait_for(lambda: len(sandbox.state()["deliveries"]) == 2 and sandbox.state())[
-        "deliveries"
-    ]
+    deliveries = recorded(sandbox, 2)
     assert [d["status_code"] for d in deliveries] == [None, None]
     assert all(d["error"] for d in deliveries)
 
@@ -195,7 +198,7 @@ def test_duplicates_are_spread_copies_with_own_ids(
     events = bodies(callback_receiver, 3)
     assert {e["data"]["task_id"] for e in events} == {task_id}
     assert len({e["id"] for e in events}) == 3
-    deliveries = sandbox.state()["deliveries"]
+    deliveries = recorded(sandbox, 3)
     assert deliveries[-1]["at"] - deliveries[0]["at"] >= 0.35
 
 
@@ -205,9 +208,8 @@ def test_delivery_delay_is_applied(
     """The first push waits delivery_delay_seconds after the task ends."""
     sandbox = box(delivery_delay_seconds=0.5)
     task_id = submit(sandbox, "fun-asr", [media_server.url_for("hello.wav")])
-    bodies(callback_receiver, 1)
-    state = sandbox.state()
-    assert state["deliveries"][0]["at"] - state["tasks"][task_id]["ended_at"] >= 0.45
+    (delivery,) = recorded(sandbox, 1)
+    assert delivery["at"] - sandbox.state()["tasks"][task_id]["ended_at"] >= 0.45
 
 
 def test_drop_fraction_drops_that_share_of_tasks(

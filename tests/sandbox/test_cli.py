@@ -30,6 +30,8 @@ def test_child_process_serves_sdk_and_pushes_events(
     args += ["--signature-version", "v1", "--no-ffprobe"]
     with SandboxProcess(args, tmp_path / "sandbox.log") as child:
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+", child.url)
+        assert child.env["DASHSCOPE_BASE_URL"] == child.api_url
+        assert child.env["DASHSCOPE_API_KEY"] == "sk-sandbox"
         monkeypatch.setattr(dashscope, "base_http_api_url", child.api_url)
         submitted = Transcription.async_call(
             model="fun-asr", file_urls=[media_server.url_for("hello.wav")], api_key="sk-sandbox"
