@@ -108,6 +108,15 @@ def test_empty_file_fails_with_length_error(sandbox: Sandbox, media_server: Medi
     )
 
 
+def test_body_that_is_not_json_is_invalid_parameter(sandbox: Sandbox) -> None:
+    """A submit body that is not JSON answers 400 InvalidParameter."""
+    answer = http.post(
+        f"{sandbox.api_url}/services/audio/asr/transcription", content=b"{oops", headers=HEADERS
+    )
+    assert answer.status_code == 400
+    assert answer.json()["code"] == "InvalidParameter"
+
+
 def test_unknown_task_is_unknown(sandbox: Sandbox) -> None:
     """Querying an id that was never issued answers 200 with task_status UNKNOWN."""
     answer = query(sandbox, "no-such-task")

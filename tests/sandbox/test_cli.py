@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from http import HTTPStatus
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from tests.sandbox.verifier import fetch_public_key, verify
 
 
 def test_child_process_serves_sdk_and_pushes_events(
-    tmp_path: Path,
+    make_sandbox_process: Callable[..., SandboxProcess],
     media_server: MediaServer,
     callback_receiver: CallbackReceiver,
     monkeypatch: pytest.MonkeyPatch,
@@ -28,23 +29,24 @@ def test_child_process_serves_sdk_and_pushes_events(
     args = ["--callback-url", callback_receiver.url, "--duplicates", "1"]
     args += ["--duplicate-spread", "0.1", "--pending-seconds", "0", "--running-seconds", "0"]
     args += ["--signature-version", "v1", "--no-ffprobe"]
-    with SandboxProcess(args, tmp_path / "sandbox.log") as child:
-        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", child.url)
-        assert child.env["DASHSCOPE_BASE_URL"] == child.api_url
-        assert child.env["DASHSCOPE_API_KEY"] == "sk-sandbox"
-        monkeypatch.setattr(dashscope, "base_http_api_url", child.api_url)
-        submitted = Transcription.async_call(
-            model="fun-asr", file_urls=[media_server.url_for("hello.wav")], api_key="sk-sandbox"
-        )
-        done = Transcription.wait(task=submitted, api_key="sk-sandbox")
-        assert done.status_code == HTTPStatus.OK and done.output.task_status == "SUCCEEDED"
-        wait_for(lambda: len(callback_receiver.requests) == 2)
-        state = wait_for(lambda: len(child.state()["deliveries"]) == 2 and child.state())
-        assert list(state["tasks"]) == [submitted.output.task_id]
-        key = fetch_public_key(child.cert_url)
-        headers, body = callback_receiver.requests[0]
-        assert verify(callback_receiver.url, headers, body, key) == "plain+newline"
-    log = (tmp_path / "sandbox.log").read_text()
+    child = make_sandbox_process(*args)
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+", child.url)
+    assert child.env["DASHSCOPE_BASE_URL"] == child.api_url
+    assert child.env["DASHSCOPE_API_KEY"] == "sk-sandbox"
+    monkeypatch.setattr(dashscope, "base_http_api_url", child.api_url)
+    submitted = Transcription.async_call(
+        model="fun-asr", file_urls=[media_server.url_for("hello.wav")], api_key="sk-sandbox"
+    )
+    done = Transcription.wait(task=submitted, api_key="sk-sandbox")
+    assert done.status_code == HTTPStatus.OK and done.output.task_status == "SUCCEEDED"
+    wait_for(lambda: len(callback_receiver.requests) == 2)
+    state = wait_for(lambda: len(child.state()["deliveries"]) == 2 and child.state())
+    assert list(state["tasks"]) == [submitted.output.task_id]
+    key = fetch_public_key(child.cert_url)
+    headers, body = callback_receiver.requests[0]
+    assert verify(callback_receiver.url, headers, body, key) == "plain+newline"
+    child.stop()
+    log = child.log_path.read_text()
     assert f"EVENTBRIDGE_CERT_URL_REGEX={child.cert_url_regex}" in log
     events = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     assert {"task submitted", "task ended", "event pushed"} <= {e["event"] for e in events}
