@@ -3,6 +3,7 @@
 =====================================================  ==========================================
 ``POST /api/v1/services/audio/asr/transcription``       submit (DashScope)
 ``GET /api/v1/tasks/<task_id>``                         query (DashScope)
+``POST /api/v1/tasks/<task_id>/cancel``                 cancel a PENDING task (DashScope)
 ``GET /results/<task_id>/<n>.json?Expires&Signature``   result files (403 if expired or tampered)
 ``GET /x509_public_certificate_sandbox.pem``            EventBridge's signing certificate
 ``GET /_sandbox/state``                                 what the sandbox saw, for tests
@@ -45,6 +46,10 @@ def create_app(service: SandboxService) -> Flask:
     @app.get("/api/v1/tasks/<task_id>")
     def query(task_id: str) -> Any:
         return service.query(_headers(), task_id)
+
+    @app.post("/api/v1/tasks/<task_id>/cancel")
+    def cancel(task_id: str) -> Any:
+        return service.cancel(_headers(), task_id)
 
     @app.get(RESULTS_PREFIX + "<task_id>/<name>")
     def result(task_id: str, name: str) -> Any:

@@ -133,6 +133,24 @@ class SandboxService:
         with self._lock:
             return {"request_id": request_id, "output": task.output(), "usage": task.usage()}
 
+    def cancel(self, headers: dict[str, str], task_id: str) -> dict[str, Any]:
+        """Cancel a PENDING task (``POST /tasks/{task_id}/cancel``); no event is sent for it.
+
+        Raises :class:`ApiError`: 401 for a bad key, 404 for an unknown task, 400 when the task
+        has left PENDING (the stand-in's codes; the real ones are not documented in the spec).
+        """
+        check_api_key(headers.get("authorization"), self.config.api_key)
+        with self._lock:
+            task = self.tasks.get(task_id)
+            if task is None:
+                raise ApiError(404, "NotFound", f"task {task_id} does not exist")
+            if task.status != "PENDING":
+                raise ApiError(400, "InvalidParameter", f"task {task_id} is {task.status}")
+            task.status, task.ended_at = "CANCELED", time.time()
+            for subtask in task.subtasks:
+                subtask.status = "CANCELED"
+        return {"request_id": str(uuid.uuid4())}
+
     def result(self, path: str, expires: str | None, signature: str | None) -> bytes | None:
         """Bytes of the result file at ``path`` (``/results/<task>/<n>.json``) if the link is valid.
 
@@ -152,6 +170,8 @@ class SandboxService:
 
     def _start(self, task: Task) -> None:
         with self._lock:
+            if task.status == "CANCELED":
+                return
             task.status, task.scheduled_at = "RUNNING", time.time()
             task.remaining = len(task.subtasks)
             for subtask in task.subtasks:

@@ -1,7 +1,8 @@
 """Tasks, subtasks and the record of everything the sandbox saw, with their JSON views.
 
 The query output follows spec/dashscope-transcription.md ("Querying a task"): ``task_status``
-``PENDING`` → ``RUNNING`` → ``SUCCEEDED`` (at least one file succeeded) or ``FAILED``,
+``PENDING`` → ``RUNNING`` → ``SUCCEEDED`` (at least one file succeeded) or ``FAILED``
+(``PENDING`` → ``CANCELED`` when canceled),
 ``submit_time``/``scheduled_time``/``end_time`` as ``YYYY-MM-DD HH:MM:SS.mmm`` in China time
 (UTC+8), per-file ``results`` with ``subtask_status``, ``task_metrics`` and ``usage``
 (``duration`` in seconds; ``seconds`` for Qwen, whose single file is ``output.result``).
@@ -89,7 +90,7 @@ class Task:
             out["end_time"] = china_time(self.ended_at)
         if self.family == "qwen3-asr-flash-filetrans":
             return self._qwen_output(out)
-        if self.status in ("SUCCEEDED", "FAILED"):
+        if self.status in ("SUCCEEDED", "FAILED", "CANCELED"):
             out["results"] = [s.view() for s in self.subtasks]
         if self.status == "FAILED":
             out.update(code=self.subtasks[0].code, message=self.subtasks[0].message)

@@ -117,6 +117,24 @@ def test_body_that_is_not_json_is_invalid_parameter(sandbox: Sandbox) -> None:
     assert answer.json()["code"] == "InvalidParameter"
 
 
+def test_pending_task_can_be_canceled_once(
+    make_sandbox: Callable[..., Sandbox], media_server: MediaServer
+) -> None:
+    """POST /tasks/{id}/cancel makes a PENDING task CANCELED for good; a second cancel is 400."""
+    box = make_sandbox(pending_seconds=0.3)
+    body = {"model": "fun-asr", "input": {"file_urls": [media_server.url_for("hello.wav")]}}
+    task_id = submit(box, body).json()["output"]["task_id"]
+    cancel = f"{box.api_url}/tasks/{task_id}/cancel"
+    assert http.post(cancel, headers=HEADERS).status_code == 200
+    assert http.post(cancel, headers=HEADERS).status_code == 400
+    assert http.post(f"{box.api_url}/tasks/nope/cancel", headers=HEADERS).status_code == 404
+    time.sleep(0.5)
+    output = query(box, task_id).json()["output"]
+    assert output["task_status"] == "CANCELED"
+    assert output["results"][0]["subtask_status"] == "CANCELED"
+    assert media_server.gets == []
+
+
 def test_unknown_task_is_unknown(sandbox: Sandbox) -> None:
     """Querying an id that was never issued answers 200 with task_status UNKNOWN."""
     answer = query(sandbox, "no-such-task")
