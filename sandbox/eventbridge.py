@@ -18,6 +18,8 @@ import ssl
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,7 +96,11 @@ class Delivery:
 
 
 class Deliverer:
-    """Pushes events to ``config.callback_url`` on a :class:`TimerQueue`, recording every try."""
+    """Pushes events to ``config.callback_url``, recording every try.
+
+    Pushes wait on the shared :class:`TimerQueue` and run on the deliverer's own pool of 8
+    threads, so a slow target never holds up task processing.
+    """
 
     def __init__(
         self,
@@ -112,6 +118,7 @@ class Deliverer:
         self.deliveries: list[Delivery] = []
         self.dropped: list[str] = []
         self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(8, "sandbox-delivery")
 
     def task_ended(self, task: Task) -> None:
         """Schedule the event of ``task`` and its duplicates, unless it is chosen to be dropped."""
@@ -126,8 +133,17 @@ class Deliverer:
         for copy in range(config.duplicates + 1):
             spread = config.duplicate_spread_seconds * copy / max(config.duplicates, 1)
             body = json.dumps(build_event(task, config), ensure_ascii=False).encode()
-            push = functools.partial(self._push, task.task_id, body, copy, 1)
-            self.timers.call_later(config.delivery_delay_seconds + spread, push)
+            self._later(config.delivery_delay_seconds + spread, task.task_id, body, copy, 1)
+
+    def _later(self, delay: float, task_id: str, body: bytes, copy: int, attempt: int) -> None:
+        push = functools.partial(self._push, task_id, body, copy, attempt)
+        self.timers.call_later(delay, lambda: self._submit(push))
+
+    def _submit(self, push: Callable[[], None]) -> None:
+        try:
+            self._pool.submit(push)
+        except RuntimeError:  # shut down while stopping
+            return
 
     def _push(self, task_id: str, body: bytes, copy: int, attempt: int) -> None:
         config = self.config
@@ -159,7 +175,7 @@ class Deliverer:
         )
         if (status is None or not 200 <= status < 300) and attempt < config.retry_max_attempts:
             delay = min(config.retry_base_seconds * 2 ** (attempt - 1), config.retry_max_seconds)
-            self.timers.call_later(delay, lambda: self._push(task_id, body, copy, attempt + 1))
+            self._later(delay, task_id, body, copy, attempt + 1)
 
     def _post(
         self, url: str, body: bytes, headers: dict[str, str]
@@ -175,5 +191,6 @@ class Deliverer:
         return response.status_code, answer, None
 
     def close(self) -> None:
-        """Close the HTTP client."""
+        """Stop pushing and close the HTTP client."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
         self.client.close()

@@ -50,7 +50,7 @@ def test_task_goes_pending_running_succeeded(
     make_sandbox: Callable[..., Sandbox], media_server: MediaServer
 ) -> None:
     """Querying shows PENDING, then RUNNING, then SUCCEEDED with results, metrics and usage."""
-    box = make_sandbox(pending_seconds=0.3, min_running_seconds=0.3)
+    box = make_sandbox(pending_seconds=0.3, min_running_seconds=0.8)
     urls = [media_server.url_for("hello.wav"), media_server.url_for("weather.mp3")]
     task_id = submit(box, {"model": "paraformer-v2", "input": {"file_urls": urls}}).json()[
         "output"

@@ -150,7 +150,7 @@ def test_pushes_verify_with_webhook_verifier(
 def test_non_2xx_answers_are_retried_with_backoff(
     box: Callable[..., Sandbox], callback_receiver: CallbackReceiver, media_server: MediaServer
 ) -> None:
-    """503 and 500 answers are retried, each wait about double the last, until a 2xx."""
+    """Non-2xx answers are retried after 0.1, 0.2, 0.4 s (doubling), until a 2xx."""
     callback_receiver.statuses.extend([503, 500, 404])
     sandbox = box(retry_base_seconds=0.1, retry_max_seconds=5)
     submit(sandbox, "fun-asr", [media_server.url_for("hello.wav")])
@@ -161,7 +161,8 @@ def test_non_2xx_answers_are_retried_with_backoff(
     assert [d["attempt"] for d in deliveries] == [1, 2, 3, 4]
     assert deliveries[-1]["answer"] == {"status": "accepted"}
     gaps = [b["at"] - a["at"] for a, b in itertools.pairwise(deliveries)]
-    assert 0.08 < gaps[0] < gaps[1] < gaps[2]
+    for gap, nominal in zip(gaps, [0.1, 0.2, 0.4], strict=True):
+        assert gap >= nominal - 0.01
     stamps = [int(h["x-eventbridge-signature-timestamp"]) for h, _ in callback_receiver.requests]
     assert stamps == sorted(stamps) and stamps[0] < stamps[-1]
 
