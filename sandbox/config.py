@@ -6,7 +6,6 @@ shrink the timings. Times are in seconds (floats), sizes in bytes, fractions in 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -17,7 +16,7 @@ DEFAULT_SUBMIT_RPS = {"fun-asr": 10.0, "paraformer": 20.0, "qwen3-asr-flash-file
 
 @dataclass(frozen=True)
 class SandboxConfig:
-    """How the stand-in behaves; ``replace(**changes)`` gives a modified copy.
+    """How the stand-in behaves (``dataclasses.replace`` gives a modified copy).
 
     Delivery (EventBridge): ``callback_url`` is where ``AsyncTaskFinish`` events go (``None``:
     no callbacks) and the URL signed over; ``signature_version`` is ``"v2"`` (RSA-SHA256) or
@@ -67,7 +66,3 @@ class SandboxConfig:
     max_media_bytes: int = 2 * 1024**3
     use_ffprobe: bool = True
     seed: str = "sandbox"
-
-    def replace(self, **changes: object) -> SandboxConfig:
-        """A copy with ``changes`` applied (field name → value)."""
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]  # checked fields
