@@ -60,7 +60,9 @@ def create_app(service: SandboxService) -> Flask:
         )
         if body is None:
             abort(404)
-        return Response(body, mimetype="application/json")
+        response = Response(body, mimetype="application/json")
+        # OSS serves byte ranges; so does the stand-in (resumed downloads of large results).
+        return response.make_conditional(request, accept_ranges=True, complete_length=len(body))
 
     @app.get(CERT_PATH)
     def certificate() -> Any:

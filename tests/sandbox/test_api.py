@@ -264,6 +264,17 @@ def test_result_links_are_signed_and_refused_when_tampered(
     assert http.get(link.replace("/0000.json", "/0001.json")).status_code == 403
 
 
+def test_result_files_serve_byte_ranges(sandbox: Sandbox, media_server: MediaServer) -> None:
+    """A Range request on a result link answers 206 with exactly those bytes."""
+    body = {"model": "fun-asr", "input": {"file_urls": [media_server.url_for("hello.wav")]}}
+    output = finished(sandbox, submit(sandbox, body).json()["output"]["task_id"])["output"]
+    link = output["results"][0]["transcription_url"]
+    whole = http.get(link).content
+    part = http.get(link, headers={"Range": "bytes=10-19"})
+    assert part.status_code == 206 and part.content == whole[10:20]
+    assert part.headers["Content-Range"] == f"bytes 10-19/{len(whole)}"
+
+
 def test_result_links_expire(
     make_sandbox: Callable[..., Sandbox], media_server: MediaServer
 ) -> None:
