@@ -1,9 +1,10 @@
 """``asr-ingest submit``, ``status`` and ``resubmit``: local media in, archived results out.
 
 The work is in plain functions that take settings and return data, so ``asr-ingest run``
-reuses them: :func:`submit_paths` (walk, plan, enqueue), :func:`file_outcomes` and
-:func:`wait_for` (each file's state, from the run record and the task's receipt), and
-:func:`resubmit_task`. Rendering (rich progress and tables) is separate.
+reuses them: :func:`submit_paths` (walk, plan, enqueue one task per batch) and
+:func:`wait_for` (poll each file's outcome, from the run record, the task's receipt and its
+archive manifest, see :mod:`worker.tracking`). Rendering (rich progress and tables) is
+separate: :class:`ProgressView`, :func:`render_outcomes`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from worker.models import family_of
 from worker.queues import SUBMIT_QUEUE
 from worker.settings import Settings, load_settings
 from worker.submissions import SubmissionStore
-from worker.tracking import FileOutcome, file_outcomes, resubmit_task, task_status
+from worker.tracking import FileOutcome, OutcomeReader, resubmit_task, task_status
 
 SUBMIT_BATCH_TASK = "asr_ingest.submit_batch"  # worker.submit_tasks.SUBMIT_BATCH_TASK
 
@@ -88,10 +89,11 @@ def wait_for(
     Files still unsettled at the deadline come back with status ``pending``.
     """
     client = redis.Redis.from_url(settings.redis_url)
+    reader = OutcomeReader(client, settings)
     deadline = time.monotonic() + timeout_s
     try:
         while True:
-            outcomes = file_outcomes(client, settings, run_id)
+            outcomes = reader.run(run_id)
             if on_progress is not None:
                 on_progress(outcomes)
             if all(o.final for o in outcomes) or time.monotonic() >= deadline:
@@ -103,7 +105,9 @@ def wait_for(
 
 def render_outcomes(console: Console, outcomes: Sequence[FileOutcome]) -> None:
     """Print one table row per file: path, status, task id, reason."""
-    table = Table("file", "status", "task", "reason")
+    table = Table()
+    for name in ("file", "status", "task", "reason"):
+        table.add_column(name, overflow="fold")  # whole paths and ids, even when piped
     styles = {"succeeded": "green", "duplicate": "cyan", "pending": "yellow"}
     for o in sorted(outcomes, key=lambda item: item.path):
         style = styles.get(o.status, "red")

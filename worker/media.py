@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import oss2
+import tenacity
 
 from worker.errors import PermanentError, TransientError
 from worker.settings import Settings
@@ -30,6 +31,7 @@ SUPPORTED_FORMATS = frozenset(
 )
 MAX_MEDIA_BYTES = 2 * 1024**3
 """2 GB, DashScope's per-file limit."""
+UPLOAD_ATTEMPTS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +177,21 @@ class MediaBucket:
         return f"{self._prefix}{sha256}{Path(path).suffix.lower()}"
 
     def upload(self, path: str, key: str, size: int) -> bool:
-        """Upload ``path`` (``size`` bytes) to ``key`` unless it is there; True when sent."""
+        """Upload ``path`` (``size`` bytes) to ``key`` unless it is there; True when sent.
+
+        Transient failures are retried :data:`UPLOAD_ATTEMPTS` times in all with short
+        exponential backoff and jitter before :class:`TransientError` reaches the caller.
+        """
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(TransientError),
+            stop=tenacity.stop_after_attempt(UPLOAD_ATTEMPTS),
+            wait=tenacity.wait_exponential(multiplier=0.2, max=2.0) + tenacity.wait_random(0, 0.2),
+            reraise=True,
+        )
+        sent: bool = retrying(self._upload_once, path, key, size)
+        return sent
+
+    def _upload_once(self, path: str, key: str, size: int) -> bool:
         try:
             if self._exists(key):
                 return False

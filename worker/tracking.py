@@ -78,16 +78,22 @@ def _reason(entry: dict[str, Any], manifest: dict[str, Any]) -> str:
 
 
 class OutcomeReader:
-    """Reads file outcomes; caches what cannot change any more (archived manifests)."""
+    """Reads file outcomes of a run, once per task per :meth:`run` call.
+
+    Finished tasks' results (archived manifests) are kept for the reader's life; reuse one
+    reader while polling.
+    """
 
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
         self.submissions = SubmissionStore(client, settings.submission_ttl_seconds)
         self.receipts = ReceiptStore(client, settings.dedupe_ttl_seconds)
         self._settings = settings
         self._final: dict[str, dict[str, tuple[bool, str]] | str] = {}
+        self._unsettled: dict[str, bool] = {}
 
     def run(self, run_id: str) -> list[FileOutcome]:
         """Every file of ``run_id`` (empty when the run is unknown)."""
+        self._unsettled.clear()
         states = self.submissions.file_states(run_id)
         return [self.file(path, state) for path, state in states.items()]
 
@@ -112,6 +118,14 @@ class OutcomeReader:
         return not self.submissions.is_due(task_id)
 
     def _task(self, task_id: str) -> dict[str, tuple[bool, str]] | str | None:
+        if task_id in self._unsettled:
+            return None
+        result = self._load_task(task_id)
+        if result is None:
+            self._unsettled[task_id] = True
+        return result
+
+    def _load_task(self, task_id: str) -> dict[str, tuple[bool, str]] | str | None:
         """Key → result for an archived task, a reason for a dead one, None while unsettled."""
         if task_id in self._final:
             return self._final[task_id]
@@ -128,7 +142,7 @@ class OutcomeReader:
 
 
 def file_outcomes(client: redis.Redis, settings: Settings, run_id: str) -> list[FileOutcome]:
-    """Every file of ``run_id`` with its outcome (see :class:`OutcomeReader`)."""
+    """Every file of ``run_id`` with its outcome (one-off; see :class:`OutcomeReader`)."""
     return OutcomeReader(client, settings).run(run_id)
 
 
