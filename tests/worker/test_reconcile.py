@@ -11,12 +11,16 @@ import redis
 
 from sandbox.server import Sandbox
 from tests.fixtures.sandbox import MediaServer, wait_for
+from worker.app import create_celery
 from worker.dashscope import DashScopeClient
 from worker.events import parse_event
+from worker.queues import SUBMIT_QUEUE
 from worker.ratelimit import query_limiter
 from worker.reconcile import Reconciler, locked_sweep, synthesise_event
+from worker.settings import load_settings
 from worker.store import ReceiptStore
 from worker.submissions import Submission, SubmissionStore
+from worker.submit_tasks import RECONCILE_TASK, SUBMIT_BATCH_TASK
 
 
 class Harness:
@@ -161,3 +165,13 @@ def test_synthesised_qwen_event_parses_with_its_single_result() -> None:
     assert event.model == "qwen3-asr-flash-filetrans"
     assert event.entries is not None and len(event.entries) == 1
     assert json.loads(body)["time"] == "1970-01-01T00:00:00.000Z"
+
+
+def test_beat_sends_the_sweep_to_the_submit_queue() -> None:
+    """The Celery app schedules the reconcile task on queue submit and registers both tasks."""
+    app = create_celery(load_settings())
+    entry = next(e for e in app.conf.beat_schedule.values() if e["task"] == RECONCILE_TASK)
+    assert entry["options"]["queue"] == SUBMIT_QUEUE
+    assert 0 < entry["schedule"] <= 60
+    app.loader.import_default_modules()
+    assert {RECONCILE_TASK, SUBMIT_BATCH_TASK} <= set(app.tasks)

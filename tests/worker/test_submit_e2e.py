@@ -21,10 +21,12 @@ from celery import Celery
 
 from asr_ingest.stack import Stack
 from asr_ingest.starters import free_port, webhook_spec
+from asr_ingest.submit_cmd import submit_paths, wait_for
 from sandbox.server import Sandbox
 from tests.fixtures.worker import WorkerFactory, broker_url_for
 from tests.worker.submit_support import make_bad_media, make_media
 from worker.queues import SUBMIT_QUEUE
+from worker.settings import load_settings
 from worker.submit_tasks import RECONCILE_TASK
 
 pytestmark = pytest.mark.e2e
@@ -158,3 +160,21 @@ def test_lost_callbacks_are_reconciled_within_the_query_budget(
     client = redis.Redis.from_url(redis_url)
     assert all(client.zscore("asr:submissions:due", t) is None for t in state["dropped"])
     client.close()
+
+
+def test_batches_fail_with_a_reason_when_media_cannot_be_hosted(
+    tmp_path: Path,
+    sample_paths: list[Path],
+    redis_url: str,
+    celery_worker_factory: WorkerFactory,
+) -> None:
+    """A worker without MEDIA_URL fails each planned file with bad_media_url; wait_for ends."""
+    celery_worker_factory({"MEDIA_URL": "", "DASHSCOPE_API_KEY": "sk-x"}, concurrency=2)
+    make_media(tmp_path / "in", sample_paths, 3)
+    settings = load_settings(
+        redis_url=redis_url, celery_broker_url=broker_url_for(redis_url), submit_batch_size=2
+    )
+    report = submit_paths(settings, [str(tmp_path / "in")], "fun-asr", {})
+    assert (report.accepted, report.batches) == (3, 2)
+    outcomes = wait_for(settings, report.run_id, timeout_s=30, poll_s=0.2)
+    assert [(o.status, o.reason) for o in outcomes] == [("failed", "bad_media_url")] * 3
