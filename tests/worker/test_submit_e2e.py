@@ -27,6 +27,7 @@ from tests.fixtures.worker import WorkerFactory, broker_url_for
 from tests.worker.submit_support import make_bad_media, make_media
 from worker.queues import SUBMIT_QUEUE
 from worker.settings import load_settings
+from worker.submissions import SubmissionStore
 from worker.submit_tasks import RECONCILE_TASK
 
 pytestmark = pytest.mark.e2e
@@ -178,3 +179,44 @@ def test_batches_fail_with_a_reason_when_media_cannot_be_hosted(
     assert (report.accepted, report.batches) == (3, 2)
     outcomes = wait_for(settings, report.run_id, timeout_s=30, poll_s=0.2)
     assert [(o.status, o.reason) for o in outcomes] == [("failed", "bad_media_url")] * 3
+
+
+def test_two_worker_processes_share_the_submit_rate(
+    tmp_path: Path,
+    sample_paths: list[Path],
+    redis_url: str,
+    moto_endpoint: str,
+    s3_bucket: str,
+    make_sandbox: Callable[..., Sandbox],
+    celery_worker_factory: WorkerFactory,
+) -> None:
+    """Two worker processes of 2 threads submit 24 batches at <= 8/s in any 1 s window."""
+    box = make_sandbox(use_ffprobe=False, pending_seconds=60)
+    rate = 8
+    env = {
+        "MEDIA_URL": f"oss://{s3_bucket}/media",
+        "OSS_ENDPOINT": moto_endpoint,
+        "OSS_ACCESS_KEY_ID": "testing",
+        "OSS_ACCESS_KEY_SECRET": "testing",
+        "DASHSCOPE_API_KEY": box.config.api_key,
+        "DASHSCOPE_BASE_URL": box.api_url,
+        "SUBMIT_RATES": f"paraformer={rate}",
+    }
+    for _ in range(2):
+        celery_worker_factory(env, concurrency=2)
+    make_media(tmp_path / "in", sample_paths, 24)
+    settings = load_settings(
+        redis_url=redis_url, celery_broker_url=broker_url_for(redis_url), submit_batch_size=1
+    )
+    report = submit_paths(settings, [str(tmp_path / "in")], "paraformer-v2", {})
+    store = SubmissionStore(redis.Redis.from_url(redis_url), 3600)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        info = store.run_info(report.run_id)
+        if info is not None and info["submitted"] == 24:
+            break
+        time.sleep(0.2)
+    times = sorted(s["at"] for s in box.state()["submissions"] if s["status"] == 200)
+    assert len(times) == 24
+    windows = [times[i + rate] - times[i] for i in range(len(times) - rate)]
+    assert min(windows) >= 0.95, f"{rate + 1} submissions within {min(windows):.3f} s"
