@@ -116,9 +116,13 @@ def render_outcomes(console: Console, outcomes: Sequence[FileOutcome]) -> None:
 
 
 class ProgressView:
-    """A rich progress display with bars for uploads, submissions and archived results."""
+    """A rich progress display of uploads, submissions and finished files.
 
-    def __init__(self, console: Console, total: int) -> None:
+    Uploads and submissions count out of the ``accepted`` files; finished files (archived,
+    failed or rejected) out of all ``total``.
+    """
+
+    def __init__(self, console: Console, accepted: int, total: int) -> None:
         self.progress = Progress(
             TextColumn("{task.description:<10}"),
             BarColumn(),
@@ -127,8 +131,9 @@ class ProgressView:
             console=console,
         )
         self._bars = {
-            name: self.progress.add_task(name, total=total)
-            for name in ("uploaded", "submitted", "finished")
+            "uploaded": self.progress.add_task("uploaded", total=accepted),
+            "submitted": self.progress.add_task("submitted", total=accepted),
+            "finished": self.progress.add_task("finished", total=total),
         }
 
     def update(self, outcomes: Sequence[FileOutcome]) -> None:
@@ -173,7 +178,7 @@ def submit(
     console.print(f"run {report.run_id}: {report.accepted} files in {report.batches} batches")
     if not wait:
         return
-    view = ProgressView(console, report.accepted + len(report.rejected))
+    view = ProgressView(console, report.accepted, report.accepted + len(report.rejected))
     with view.progress:
         outcomes = wait_for(settings, report.run_id, timeout, view.update)
     render_outcomes(console, outcomes)

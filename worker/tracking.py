@@ -30,9 +30,12 @@ FINAL_RECEIPT_STATES = frozenset({"archived", "dead"})
 
 @dataclass(frozen=True, slots=True)
 class FileOutcome:
-    """One file: ``status`` is ``succeeded``, ``failed``, ``rejected``, ``duplicate`` (taken
-    by an earlier task whose outcome is not known here) or ``pending``; ``uploaded`` and
-    ``submitted`` feed the progress bars."""
+    """Where one local file stands.
+
+    ``status`` is ``succeeded``, ``failed``, ``rejected``, ``duplicate`` (taken by an earlier
+    task whose outcome is not known here) or ``pending``; ``uploaded`` and ``submitted`` feed
+    the progress bars.
+    """
 
     path: str
     status: str
