@@ -66,7 +66,7 @@ def build_webhook(settings: Settings) -> Webhook:
 
 
 def publishing_celery(settings: Settings) -> AsrCelery:
-    """The project's Celery app, with short broker socket timeouts for publishing from a request."""
+    """The project's Celery app, tuned for publishing from a request: short broker timeouts."""
     celery = create_celery(settings)
     options = dict(celery.conf.broker_transport_options or {})
     options.update(
@@ -74,4 +74,8 @@ def publishing_celery(settings: Settings) -> AsrCelery:
     )
     celery.conf.broker_transport_options = options
     celery.conf.broker_connection_timeout = REDIS_TIMEOUT_SECONDS
+    # A "task-sent" event is a second broker publish per delivery (about a third of the publish
+    # cost, measured by tests/benchmarks/webhook_bench.py --profile); the worker's own events
+    # (received, started, succeeded) still reach Flower.
+    celery.conf.task_send_sent_event = False
     return celery
