@@ -31,6 +31,19 @@ DEFAULT_RESULT_URL_REGEX = r"https://[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.aliyuncs\.
 DEFAULT_SUBMIT_RATES = "fun-asr=10,paraformer=20,qwen3-asr-flash-filetrans=10"
 
 
+def broker_url_for(redis_url: str) -> str:
+    """Kombu's spelling of a Redis URL: ``unix://PATH?db=N`` becomes ``redis+socket://PATH?virtual_host=N``.
+
+    redis-py understands ``unix://`` but kombu's Redis transport does not; other URLs are
+    returned unchanged.
+    """
+    if not redis_url.startswith("unix://"):
+        return redis_url
+    path, _, query = redis_url.removeprefix("unix://").partition("?")
+    params = dict(part.split("=", 1) for part in query.split("&") if "=" in part)
+    return f"redis+socket://{path}?virtual_host={params.get('db', '0')}"
+
+
 def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -122,8 +135,8 @@ class Settings(BaseSettings):
 
     @property
     def broker_url(self) -> str:
-        """Celery broker URL: ``CELERY_BROKER_URL``, else ``REDIS_URL``."""
-        return self.celery_broker_url or self.redis_url
+        """Celery broker URL: ``CELERY_BROKER_URL``, else ``REDIS_URL`` in kombu's spelling."""
+        return self.celery_broker_url or broker_url_for(self.redis_url)
 
     @cached_property
     def cert_url_pattern(self) -> re.Pattern[str]:
