@@ -54,10 +54,12 @@ def parse_event(body: bytes) -> Event:
     if kind != ASYNC_TASK_FINISH:
         return Event(type=kind, event_id=event_id, task_id="", model="")
     data = document.get("data")
-    task_id = data.get("task_id") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        raise EventError("event has no data object")
+    task_id = data.get("task_id")
     if not isinstance(task_id, str) or not _TASK_ID.fullmatch(task_id):
         raise EventError("event has no usable data.task_id")
-    api_key = _text(data.get("user_api_unique_key")) if isinstance(data, dict) else ""
+    api_key = _text(data.get("user_api_unique_key"))
     model = model_from_api_key(api_key) if api_key else ""
     return Event(type=kind, event_id=event_id, task_id=task_id, model=model)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -49,13 +49,12 @@ class Webhook:
 
 @dataclass
 class Answer:
-    """One delivery's HTTP answer plus what the canonical log line and metrics need."""
+    """One delivery's HTTP answer, with the outcome and reason for the log line and metrics."""
 
     status: int
     outcome: str
     reason: str
     body: dict[str, str]
-    fields: dict[str, str] = field(default_factory=dict)
 
 
 def _hook() -> Webhook:
@@ -67,14 +66,13 @@ def _hook() -> Webhook:
 def eventbridge_callback() -> tuple[Response, int]:
     """Verify, store and enqueue one EventBridge delivery; answer as the contract says."""
     hook, started = _hook(), time.perf_counter()
-    fields: dict[str, str] = {}
+    fields: dict[str, str] = {}  # filled by _handle as it learns them; logged either way
     try:
         answer = _handle(hook, fields)
     except Exception:
-        _record(hook, Answer(500, "error", "internal", {}, fields), started)
+        _record(hook, Answer(500, "error", "internal", {}), fields, started)
         raise
-    answer.fields = fields
-    _record(hook, answer, started)
+    _record(hook, answer, fields, started)
     return jsonify(answer.body), answer.status
 
 
@@ -128,7 +126,7 @@ def _request_url() -> str:
     return request.base_url + (f"?{query}" if query else "")
 
 
-def _record(hook: Webhook, answer: Answer, started: float) -> None:
+def _record(hook: Webhook, answer: Answer, fields: dict[str, str], started: float) -> None:
     elapsed = time.perf_counter() - started
     hook.metrics.observe(answer.outcome, answer.reason, elapsed)
     log.info(
@@ -136,10 +134,10 @@ def _record(hook: Webhook, answer: Answer, started: float) -> None:
         outcome=answer.outcome,
         reason=answer.reason,
         status=answer.status,
-        task_id=answer.fields.get("task_id", ""),
-        event_id=answer.fields.get("event_id", ""),
-        model=answer.fields.get("model", ""),
-        signature=answer.fields.get("signature", ""),
+        task_id=fields.get("task_id", ""),
+        event_id=fields.get("event_id", ""),
+        model=fields.get("model", ""),
+        signature=fields.get("signature", ""),
         latency_ms=round(elapsed * 1000, 2),
     )
 
