@@ -19,6 +19,8 @@ Errors (:mod:`worker.errors`), reasons in brackets:
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
 import re
 import tempfile
@@ -36,6 +38,7 @@ from worker.logs import strip_query
 from worker.settings import Settings
 
 CHUNK_BYTES = 64 * 1024
+SMALL_JSON_BYTES = 1024 * 1024
 MAX_REDIRECTS = 3
 
 
@@ -55,13 +58,18 @@ def _discard() -> Generator[None, Any, None]:
 
 
 class _BodyCheck:
-    """Byte count, sha256 and JSON well-formedness of a body fed in chunks."""
+    """Byte count, sha256 and JSON well-formedness of a body fed in chunks.
+
+    The first :data:`SMALL_JSON_BYTES` are kept and checked with :func:`json.loads` at the end
+    (fast in C); a longer body switches to ijson's push parser, so memory stays bounded.
+    """
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.size = 0
         self.digest = hashlib.sha256()
-        self._parser = ijson.basic_parse_coro(_discard())
+        self._head = bytearray()
+        self._parser: Any = None
 
     def feed(self, chunk: bytes) -> None:
         self.size += len(chunk)
@@ -69,18 +77,32 @@ class _BodyCheck:
             raise PermanentError(f"result over {self.max_bytes} bytes", reason="result_too_large")
         self.digest.update(chunk)
         with _json_errors():
-            self._parser.send(chunk)
+            if self._parser is not None:
+                self._parser.send(chunk)
+                return
+            self._head += chunk
+            if len(self._head) > SMALL_JSON_BYTES:
+                self._parser = ijson.basic_parse_coro(_discard())
+                self._parser.send(bytes(self._head))
+                self._head = bytearray()
 
     def finish(self) -> None:
         with _json_errors():
-            self._parser.close()
+            if self._parser is not None:
+                self._parser.close()
+            else:
+                json.loads(self._head, parse_constant=_no_constants)
+
+
+def _no_constants(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
 
 
 @contextmanager
 def _json_errors() -> Iterator[None]:
     try:
         yield
-    except ijson.JSONError as exc:
+    except (ijson.JSONError, ValueError) as exc:
         raise PermanentError("result body is not JSON", reason="result_not_json") from exc
 
 
@@ -125,6 +147,9 @@ class ResultFetcher:
         self.url_pattern = url_pattern
         self.max_bytes = max_bytes
         self.spool_dir = spool_dir
+        # httpx logs every request line, query string included, at INFO: a signed URL in a
+        # log is a leaked credential, so its logger only speaks from WARNING up.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0))
         self._client = httpx.Client(timeout=timeout, follow_redirects=False)
 

@@ -117,3 +117,26 @@ def test_non_json_body_is_permanent(
     with pytest.raises(PermanentError) as info, fetcher(result_server, tmp_path).download(url):
         pass
     assert info.value.reason == "result_not_json"
+
+
+def test_large_body_checked_by_streaming_parser(
+    result_server: ResultServer, tmp_path: Path
+) -> None:
+    """Bodies over 1 MiB are validated by the streaming parser: valid passes, cut-off fails."""
+    body = te.result_file(words=40_000)
+    assert len(body) > 2 * 1024 * 1024
+    good = result_server.add("/r/good.json", body)
+    bad = result_server.add("/r/bad.json", body[:-10])
+    with fetcher(result_server, tmp_path).download(good) as got:
+        assert got.size == len(body)
+    with pytest.raises(PermanentError) as info, fetcher(result_server, tmp_path).download(bad):
+        pass
+    assert info.value.reason == "result_not_json"
+
+
+def test_non_standard_constants_are_not_json(result_server: ResultServer, tmp_path: Path) -> None:
+    """NaN and Infinity (accepted by Python's json) are refused like any non-JSON body."""
+    url = result_server.add("/r/nan.json", b'{"a": NaN}')
+    with pytest.raises(PermanentError) as info, fetcher(result_server, tmp_path).download(url):
+        pass
+    assert info.value.reason == "result_not_json"
