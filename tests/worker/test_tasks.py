@@ -92,7 +92,7 @@ def test_worker_archives_and_dead_letters(
     moto_proxy: MotoProxy, s3_bucket: str,
 ) -> None:  # fmt: skip
     """A worker archives every family (after a 5xx retry, via the query fallback) and
-    dead-letters an unknown model and a poison loop, with manifests and metrics."""
+    dead-letters an unknown model and a poison loop, with manifests, metrics, clean logs."""
     url = result_server.add("/r/ok.json", BODY, faults=[Fault(status=503)])
     qwen = result_server.add("/r/qwen.json", BODY)
     result_server.add_json(
@@ -100,7 +100,7 @@ def test_worker_archives_and_dead_letters(
     )
     count_delivery(redis_client, "t-poison", 600)  # one delivery already counted ...
     redis_client.set("asr:archive:deliveries:t-poison", 12)  # ... up to the limit
-    celery_worker_factory(archive_env, concurrency=2)
+    worker = celery_worker_factory(archive_env, concurrency=2)
     deliver(
         redis_client,
         producer,
@@ -147,6 +147,7 @@ def test_worker_archives_and_dead_letters(
     assert metric(metrics_dir, "asr_archive_bytes_total", {"destination": "file"}) == 3 * len(BODY)
     assert metric(metrics_dir, "asr_archive_failures_total", {"reason": "unknown_model"}) == 1
     assert metric(metrics_dir, "asr_archive_lag_seconds_count", {}) == 4
+    assert "Signature" not in worker.log() and "OSSAccessKeyId" not in worker.log()
 
 
 def test_same_task_twenty_times_writes_each_object_once(
