@@ -39,6 +39,7 @@ from worker.fetch import ResultFetcher
 from worker.store import Receipt
 
 PROGRESS_KEY = "asr:archive:progress:{task_id}"
+_UNFINISHED = frozenset({"PENDING", "RUNNING"})
 QueryFn = Callable[[str], dict[str, Any]]
 """``GET /tasks/{task_id}``: the full JSON answer (`spec/dashscope-transcription.md`)."""
 
@@ -144,7 +145,10 @@ class Archiver:
             return event
         if self.query is None:
             raise PermanentError("event has no result and no query client", reason="no_result")
-        return with_output(event, self.query(event.task_id).get("output"))
+        queried = with_output(event, self.query(event.task_id).get("output"))
+        if queried.task_status in _UNFINISHED:
+            raise TransientError(f"task is {queried.task_status}", reason="task_not_finished")
+        return queried
 
     def _event_json(self, receipt: Receipt, progress: Progress) -> None:
         if progress.done("event"):

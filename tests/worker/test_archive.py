@@ -255,3 +255,17 @@ def test_manifest_is_written_last_to_s3(
     run(Archiver([dest], fetcher), redis_client, receipt)
     puts = [p for m, p, _ in moto_proxy.requests if m == "PUT"]
     assert puts[-1].endswith("/t-10/manifest.json") and len(puts) == 5
+
+
+def test_unfinished_task_is_retried_later(
+    redis_client: redis.Redis, fetcher: ResultFetcher, local: Destination,
+    result_server: ResultServer, dashscope: DashScopeClient,
+) -> None:  # fmt: skip
+    """A queried task still RUNNING is a transient failure: nothing but event.json is written."""
+    answer = {"output": {"task_id": "t-11", "task_status": "RUNNING"}}
+    result_server.add_json("/api/v1/tasks/t-11", answer)
+    receipt = store_event(redis_client, "t-11", te.event("t-11", "fun-asr", None))
+    with pytest.raises(TransientError) as info:
+        run(Archiver([local], fetcher, query=dashscope.query), redis_client, receipt)
+    assert info.value.reason == "task_not_finished"
+    assert not local.exists("t-11/manifest.json")
