@@ -43,6 +43,7 @@ class FileOutcome:
     reason: str = ""
     uploaded: bool = False
     submitted: bool = False
+    archive_key: str = ""
 
     @property
     def final(self) -> bool:
@@ -50,24 +51,32 @@ class FileOutcome:
         return self.status != "pending"
 
 
-def manifest_results(manifest: dict[str, Any], sub: Submission) -> dict[str, tuple[bool, str]]:
-    """Object key → (succeeded, reason) for every file of ``sub``, from its task's ``manifest``.
+TaskResults = dict[str, tuple[bool, str, str]]
+"""Object key → (succeeded, reason, archive key) for every file of a task."""
+
+
+def manifest_results(manifest: dict[str, Any], sub: Submission) -> TaskResults:
+    """Object key → (succeeded, reason, archive key) for every file of ``sub``, from ``manifest``.
+
+    The archive key is the manifest entry's ``key`` (the result object, relative to the
+    destination's prefix), "" when nothing was archived.
 
     A file missing from the manifest's ``files`` failed with the task (``archive_error``,
     else the task's ``code``).
     """
     keys = [entry.key for entry in sub.files]
     entries = [e for e in manifest.get("files") or [] if isinstance(e, dict)]
-    results: dict[str, tuple[bool, str]] = {}
+    results: TaskResults = {}
     for entry in entries:
         key = key_in_url(str(entry.get("file_url") or ""), keys)
         if key is None and len(keys) == 1 and len(entries) == 1:
             key = keys[0]  # single-file families may not echo file_url
         if key is not None:
             ok = entry.get("subtask_status") == "SUCCEEDED" and entry.get("key") is not None
-            results[key] = (ok, "" if ok else _reason(entry, manifest))
+            archive_key = str(entry.get("key") or "")
+            results[key] = (ok, "" if ok else _reason(entry, manifest), archive_key)
     for key in keys:
-        results.setdefault(key, (False, _reason({}, manifest)))  # e.g. a task-level failure
+        results.setdefault(key, (False, _reason({}, manifest), ""))  # e.g. a task-level failure
     return results
 
 
@@ -91,7 +100,7 @@ class OutcomeReader:
         self.submissions = SubmissionStore(client, settings.submission_ttl_seconds)
         self.receipts = ReceiptStore(client, settings.dedupe_ttl_seconds)
         self._settings = settings
-        self._final: dict[str, dict[str, tuple[bool, str]] | str] = {}
+        self._final: dict[str, TaskResults | str] = {}
         self._unsettled: dict[str, bool] = {}
 
     def run(self, run_id: str) -> list[FileOutcome]:
@@ -114,13 +123,14 @@ class OutcomeReader:
             return base
         if isinstance(task, str):
             return FileOutcome(path, "failed", state.task_id, task, True, True)
-        ok, reason = task.get(state.key, (False, "not_in_task"))
-        return FileOutcome(path, "succeeded" if ok else "failed", state.task_id, reason, True, True)
+        ok, reason, archive_key = task.get(state.key, (False, "not_in_task", ""))
+        status = "succeeded" if ok else "failed"
+        return FileOutcome(path, status, state.task_id, reason, True, True, archive_key)
 
     def _settled(self, task_id: str) -> bool:
         return not self.submissions.is_due(task_id)
 
-    def _task(self, task_id: str) -> dict[str, tuple[bool, str]] | str | None:
+    def _task(self, task_id: str) -> TaskResults | str | None:
         if task_id in self._unsettled:
             return None
         result = self._load_task(task_id)
@@ -128,7 +138,7 @@ class OutcomeReader:
             self._unsettled[task_id] = True
         return result
 
-    def _load_task(self, task_id: str) -> dict[str, tuple[bool, str]] | str | None:
+    def _load_task(self, task_id: str) -> TaskResults | str | None:
         """Key → result for an archived task, a reason for a dead one, None while unsettled."""
         if task_id in self._final:
             return self._final[task_id]
@@ -137,7 +147,7 @@ class OutcomeReader:
         if receipt is None or sub is None or receipt.state not in FINAL_RECEIPT_STATES:
             return None
         raw = open_destinations(self._settings)[0].get_bytes(f"{task_id}/manifest.json")
-        result: dict[str, tuple[bool, str]] | str = "archive_failed"
+        result: TaskResults | str = "archive_failed"
         if raw is not None:
             result = manifest_results(json.loads(raw), sub)
         self._final[task_id] = result

@@ -116,7 +116,7 @@ def _sub(*keys: str) -> Submission:
 
 
 def test_manifest_results_match_files_by_url_path() -> None:
-    """Manifest entries map back to our object keys; failures carry the archive or API reason."""
+    """Manifest entries map back to our object keys with their archive keys and failure reasons."""
     manifest = {
         "files": [
             {
@@ -141,13 +141,13 @@ def test_manifest_results_match_files_by_url_path() -> None:
     }
     results = manifest_results(manifest, _sub("media/a.wav", "media/b.wav", "media/c.wav", "d"))
     assert results == {
-        "media/a.wav": (True, ""),
-        "media/b.wav": (False, "InvalidFile.DecodeFailed: bad"),
-        "media/c.wav": (False, "result_too_large"),
-        "d": (False, "failed"),
+        "media/a.wav": (True, "", "t/results/0000.json"),
+        "media/b.wav": (False, "InvalidFile.DecodeFailed: bad", ""),
+        "media/c.wav": (False, "result_too_large", ""),
+        "d": (False, "failed", ""),
     }
     failed_task = {"files": [], "archive_error": {"reason": "unknown_model"}}
-    assert manifest_results(failed_task, _sub("k")) == {"k": (False, "unknown_model")}
+    assert manifest_results(failed_task, _sub("k")) == {"k": (False, "unknown_model", "")}
 
 
 def test_subtask_failures_for_batches_and_whole_tasks() -> None:
