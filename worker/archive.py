@@ -216,7 +216,10 @@ class Archiver:
         with self.fetcher.download(entry.transcription_url or "") as body:
             for destination in self.destinations:
                 self.guard()
-                destination.put_file(key, body.path, body.size)
+                if body.path is not None:
+                    destination.put_file(key, body.path, body.size)
+                else:
+                    destination.put_bytes(key, body.data or b"")
                 metrics.file_archived(destination.kind, body.size)
             return {"key": key, "bytes": body.size, "sha256": body.sha256}
 

@@ -131,11 +131,8 @@ class S3Destination:
                     str(path), self.bucket, self.prefix + key, Config=self._transfer
                 )
                 return
-            # Below the multipart size the body is sent from memory: a file object makes
-            # http.client send headers and body in separate writes, which stalls on delayed
-            # ACKs (about 40 ms per PUT).
-            body = path.read_bytes()
-            self._client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=body)
+            with path.open("rb") as body:
+                self._client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=body)
 
     def put_bytes(self, key: str, data: bytes) -> None:
         with self._errors():

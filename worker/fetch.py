@@ -44,11 +44,23 @@ MAX_REDIRECTS = 3
 
 @dataclass(frozen=True, slots=True)
 class FetchedBody:
-    """A downloaded, checked body: spool file ``path``, ``size`` in bytes, hex ``sha256``."""
+    """A downloaded, checked body of ``size`` bytes with hex ``sha256``.
 
-    path: Path
+    Bodies up to :data:`SMALL_JSON_BYTES` are in memory (``data``, ``path`` None); larger ones
+    are in the spool file ``path`` (``data`` None).
+    """
+
     size: int
     sha256: str
+    data: bytes | None = None
+    path: Path | None = None
+
+    def read(self) -> bytes:
+        """The whole body (tests and small bodies; a large one is read from its file)."""
+        if self.data is not None:
+            return self.data
+        assert self.path is not None
+        return self.path.read_bytes()
 
 
 @ijson.coroutine  # type: ignore[untyped-decorator]  # ijson has no type hints
@@ -57,18 +69,22 @@ def _discard() -> Generator[None, Any, None]:
         yield
 
 
-class _BodyCheck:
-    """Byte count, sha256 and JSON well-formedness of a body fed in chunks.
+class _Body:
+    """Size cap, sha256 and JSON check of a body fed in chunks, and where its bytes are kept.
 
-    The first :data:`SMALL_JSON_BYTES` are kept and checked with :func:`json.loads` at the end
-    (fast in C); a longer body switches to ijson's push parser, so memory stays bounded.
+    The first :data:`SMALL_JSON_BYTES` stay in memory and are checked with :func:`json.loads`
+    at the end (fast, in C); a longer body spills to a spool file in ``spool_dir`` and is
+    checked by ijson's push parser as it streams, so memory stays bounded.
     """
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, spool_dir: str | None) -> None:
         self.max_bytes = max_bytes
+        self.spool_dir = spool_dir
         self.size = 0
         self.digest = hashlib.sha256()
-        self._head = bytearray()
+        self.head = bytearray()
+        self.path: Path | None = None
+        self._file: IO[bytes] | None = None
         self._parser: Any = None
 
     def feed(self, chunk: bytes) -> None:
@@ -76,22 +92,44 @@ class _BodyCheck:
         if self.size > self.max_bytes:
             raise PermanentError(f"result over {self.max_bytes} bytes", reason="result_too_large")
         self.digest.update(chunk)
+        if self._file is None and self.size <= SMALL_JSON_BYTES:
+            self.head += chunk
+            return
+        if self._file is None:
+            self._spill()
         with _json_errors():
-            if self._parser is not None:
-                self._parser.send(chunk)
-                return
-            self._head += chunk
-            if len(self._head) > SMALL_JSON_BYTES:
-                self._parser = ijson.basic_parse_coro(_discard())
-                self._parser.send(bytes(self._head))
-                self._head = bytearray()
+            self._parser.send(chunk)
+        assert self._file is not None
+        self._file.write(chunk)
 
-    def finish(self) -> None:
+    def _spill(self) -> None:
+        handle, name = tempfile.mkstemp(prefix="result-", suffix=".json", dir=self.spool_dir)
+        self.path = Path(name)
+        self._file = os.fdopen(handle, "wb")
+        self._parser = ijson.basic_parse_coro(_discard())
+        head, self.head = bytes(self.head), bytearray()
         with _json_errors():
-            if self._parser is not None:
-                self._parser.close()
-            else:
-                json.loads(self._head, parse_constant=_no_constants)
+            self._parser.send(head)
+        self._file.write(head)
+
+    def finish(self) -> FetchedBody:
+        """Close the spool and check the JSON; the body, or :class:`PermanentError`."""
+        sha256 = self.digest.hexdigest()
+        if self._file is None:
+            with _json_errors():
+                json.loads(self.head, parse_constant=_no_constants)
+            return FetchedBody(self.size, sha256, data=bytes(self.head))
+        self._file.close()
+        with _json_errors():
+            self._parser.close()
+        return FetchedBody(self.size, sha256, path=self.path)
+
+    def discard(self) -> None:
+        """Close and remove the spool file, if any."""
+        if self._file is not None:
+            self._file.close()
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
 
 
 def _no_constants(name: str) -> None:
@@ -132,8 +170,8 @@ def _check_status(response: httpx.Response, url: str) -> None:
 class ResultFetcher:
     """Fetch result bodies under the configured URL pattern, size cap and timeouts.
 
-    ``spool_dir`` (None: the system temporary directory) receives one file per download,
-    removed when the :meth:`download` block ends.
+    ``spool_dir`` (None: the system temporary directory) receives one file per download of
+    more than :data:`SMALL_JSON_BYTES`, removed when the :meth:`download` block ends.
     """
 
     def __init__(
@@ -169,20 +207,18 @@ class ResultFetcher:
 
     @contextmanager
     def download(self, url: str) -> Iterator[FetchedBody]:
-        """Stream ``url`` into a spool file and yield it, checked; the file is removed after.
+        """Stream ``url``, check it and yield it; a spool file is removed when the block ends.
 
         Raises the errors listed in the module docstring; nothing is yielded on error.
         """
-        handle, name = tempfile.mkstemp(prefix="result-", suffix=".json", dir=self.spool_dir)
-        path = Path(name)
+        body = _Body(self.max_bytes, self.spool_dir)
         try:
-            with os.fdopen(handle, "wb") as spool:
-                body = self._stream(url, spool)
-            yield FetchedBody(path=path, size=body.size, sha256=body.digest.hexdigest())
+            self._stream(url, body)
+            yield body.finish()
         finally:
-            path.unlink(missing_ok=True)
+            body.discard()
 
-    def _stream(self, url: str, spool: IO[bytes]) -> _BodyCheck:
+    def _stream(self, url: str, body: _Body) -> None:
         target = self._allowed(url)
         for _ in range(MAX_REDIRECTS + 1):
             with _http_errors(strip_query(target)), self._client.stream("GET", target) as answer:
@@ -190,19 +226,13 @@ class ResultFetcher:
                     target = self._redirect(target, answer)
                     continue
                 _check_status(answer, strip_query(target))
-                return self._copy(answer, spool)
+                declared = answer.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > self.max_bytes:
+                    raise PermanentError(f"result of {declared} bytes", reason="result_too_large")
+                for chunk in answer.iter_bytes(CHUNK_BYTES):
+                    body.feed(chunk)
+                return
         raise PermanentError("too many redirects", reason="url_not_allowed")
-
-    def _copy(self, response: httpx.Response, spool: IO[bytes]) -> _BodyCheck:
-        declared = response.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            raise PermanentError(f"result of {declared} bytes", reason="result_too_large")
-        check = _BodyCheck(self.max_bytes)
-        for chunk in response.iter_bytes(CHUNK_BYTES):
-            check.feed(chunk)
-            spool.write(chunk)
-        check.finish()
-        return check
 
     def _allowed(self, url: str) -> str:
         if not self.url_pattern.fullmatch(url):

@@ -22,11 +22,11 @@ def fetcher(server: ResultServer, tmp_path: Path, **kwargs: object) -> ResultFet
 
 
 def test_download_counts_hashes_and_spools(result_server: ResultServer, tmp_path: Path) -> None:
-    """A body arrives byte for byte with its size and sha256; the spool file goes afterwards."""
-    body = te.result_file(words=20_000)
+    """A large body arrives byte for byte with size and sha256; its spool file goes after."""
+    body = te.result_file(words=40_000)
     url = result_server.add("/r/0.json", body)
     with fetcher(result_server, tmp_path).download(url) as got:
-        assert got.path.read_bytes() == body
+        assert got.read() == body and got.path is not None
         assert (got.size, got.sha256) == (len(body), hashlib.sha256(body).hexdigest())
         spooled = got.path
     assert not spooled.exists()
@@ -59,7 +59,7 @@ def test_same_host_redirect_is_followed(result_server: ResultServer, tmp_path: P
     result_server.add("/r/new.json", b'{"ok": true}')
     url = result_server.add("/r/0.json", b"{}", faults=[Fault(status=302, location="/r/new.json")])
     with fetcher(result_server, tmp_path).download(url) as got:
-        assert got.path.read_bytes() == b'{"ok": true}'
+        assert got.read() == b'{"ok": true}'
 
 
 @pytest.mark.parametrize(
@@ -140,3 +140,12 @@ def test_non_standard_constants_are_not_json(result_server: ResultServer, tmp_pa
     with pytest.raises(PermanentError) as info, fetcher(result_server, tmp_path).download(url):
         pass
     assert info.value.reason == "result_not_json"
+
+
+def test_small_body_stays_in_memory(result_server: ResultServer, tmp_path: Path) -> None:
+    """A body up to 1 MiB is kept in memory: no spool file is created."""
+    body = te.result_file(words=100)
+    url = result_server.add("/r/small.json", body)
+    with fetcher(result_server, tmp_path).download(url) as got:
+        assert (got.data, got.path) == (body, None)
+        assert list(tmp_path.iterdir()) == []
