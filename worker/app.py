@@ -60,6 +60,19 @@ class AsrCelery(Celery):  # type: ignore[misc]  # Celery is untyped
         return redis.Redis.from_url(self.settings.redis_url, health_check_interval=30)
 
 
+def beat_schedule(interval_s: float) -> dict[str, dict[str, Any]]:
+    """:data:`BEAT_SCHEDULE` with every entry run each ``interval_s`` seconds.
+
+    A sweep that waits in the queue longer than 90 % of the interval expires: the next one
+    does the same work.
+    """
+    schedule = {}
+    for name, entry in BEAT_SCHEDULE.items():
+        options = {**entry.get("options", {}), "expires": interval_s * 0.9}
+        schedule[name] = {**entry, "schedule": interval_s, "options": options}
+    return schedule
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery configuration for ``settings`` (see the module docstring for the reasoning)."""
     visibility = settings.broker_visibility_timeout_seconds
@@ -83,7 +96,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "worker_send_task_events": True,
         "task_send_sent_event": True,
-        "beat_schedule": dict(BEAT_SCHEDULE),
+        "beat_schedule": beat_schedule(settings.sweep_interval_seconds),
         "timezone": "UTC",
     }
 

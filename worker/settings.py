@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     eventbridge_cert_ttl_seconds: int = Field(6 * 3600, ge=1)
     dedupe_ttl_seconds: int = Field(172_800, ge=60)
     receipt_sweep_after_seconds: int = Field(60, ge=1)
+    # How often beat runs the archive sweep and reconciliation, seconds.
+    sweep_interval_seconds: float = Field(30.0, gt=0)
     # prometheus-client's multi-process directory (gunicorn workers): /metrics sums its files.
     prometheus_multiproc_dir: str | None = None
 
