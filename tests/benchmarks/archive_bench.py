@@ -4,14 +4,16 @@ Run 1 (throughput): FILES result files of about 50 KB each, served by a static H
 process, archived to moto S3 (a ``moto_server`` process) by a real Celery worker at
 concurrency C (threads), as TASKS tasks of FILES/TASKS files. Baseline in the same run: a raw
 loop in this process that downloads each file with httpx and PUTs it with boto3, on C
-threads. Prints files/s and MB/s for both and the ratio (target >= 0.8).
+threads. Both start warm (clients built). Prints files/s and MB/s for both and the ratio
+(target >= 0.8). Each archive task also checks for its manifest and writes event.json and
+manifest.json (three requests per task that the raw loop does not make).
 
 Run 2 (memory): one result of BIG_MB MB archived by the worker to a local directory and to
 moto S3 (multipart); prints the worker's peak RSS growth (``VmHWM`` in ``/proc``; target
 < 64 MB) and MB/s.
 
 Environment knobs: ``BENCH_FILES`` (500), ``BENCH_TASKS`` (20), ``BENCH_CONCURRENCY`` (4),
-``BENCH_BIG_MB`` (1024; 0 skips run 2).
+``BENCH_BIG_MB`` (1024; 0 skips run 2), ``BENCH_POOL`` (the worker pool, ``threads``).
 """
 
 from __future__ import annotations
@@ -224,6 +226,8 @@ def run(work: Path, redis_url: str, base: str, moto: str, total: int) -> None:
         per_task = FILES // TASKS
         urls = [f"{base}/r/{i:04d}.json" for i in range(FILES)]
         tasks = {f"t{n:03d}": urls[n * per_task : (n + 1) * per_task] for n in range(TASKS)}
+        enqueue(redis_url, {"warm-up": urls[:1]})  # clients are built once per process
+        wait_archived(redis_url, ["warm-up"])
         started = time.perf_counter()
         enqueue(redis_url, tasks)
         wait_archived(redis_url, list(tasks))
