@@ -9,7 +9,7 @@ not configured     started              environment given to the other parts
 ``REDIS_URL``      embedded Redis       ``REDIS_URL`` (a unix socket in a temp dir)
 ``MEDIA_URL``      moto as OSS          ``MEDIA_URL``, ``OSS_ENDPOINT``, OSS keys
 ``DASHSCOPE_...``  the sandbox          ``DASHSCOPE_BASE_URL``/``_API_KEY``, both regexes
-(always)           gunicorn webhook     ``WEBHOOK_PUBLIC_URL`` (unless configured)
+(always)           gunicorn webhook     ``WEBHOOK_PUBLIC_URL`` (else on its port)
 (always)           Celery worker+beat
 =================  ===================  ==============================================
 
@@ -25,6 +25,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import boto3
 import click
@@ -95,9 +96,11 @@ def start_local_parts(
         env.update(LOCAL_KEYS, **_start_media_store(stack))
     if "archive_urls" not in configured:
         env["ARCHIVE_URLS"] = (Path.cwd() / "archive").as_uri()
-    web_port = free_port()
     public_url = settings.webhook_public_url
-    if "webhook_public_url" not in configured or not public_url:
+    if public_url:  # e.g. a tunnel's URL; the local webhook listens on its port if it has one
+        web_port = urlsplit(public_url).port or free_port()
+    else:
+        web_port = free_port()
         public_url = f"http://127.0.0.1:{web_port}/callbacks/eventbridge"
         env["WEBHOOK_PUBLIC_URL"] = public_url
     if "dashscope_api_key" not in configured:

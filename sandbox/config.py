@@ -30,6 +30,11 @@ class SandboxConfig:
     each event (each with its own event ``id``) spread over ``duplicate_spread_seconds``;
     ``drop_fraction`` of tasks get no callback; ``fail_fraction`` of subtasks fail with
     ``fail_code``; ``result_padding_bytes`` inflates every result file by that many bytes.
+
+    Result files echo each media URL as ``file_url``. Whether the real service keeps a signed
+    URL's query string there is not documented; the stand-in drops it unless
+    ``echo_signed_file_url`` is set (the archiver removes it either way, since a signed URL is a
+    credential).
     Fault choices are deterministic per task id or file URL (hash with ``seed``).
 
     Limits: ``query_qps`` per second for ``GET /tasks`` (429 ``Throttling`` beyond), ``submit_rps``
@@ -53,6 +58,7 @@ class SandboxConfig:
     fail_fraction: float = 0.0
     fail_code: str = "InternalError.Sandbox"
     result_padding_bytes: int = 0
+    echo_signed_file_url: bool = False
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 512.0
     retry_max_attempts: int = 176

@@ -211,7 +211,8 @@ class SandboxService:
         )
         task.subtasks[index].duration_ms = media.duration_ms
         build = results.qwen_result if task.family.startswith("qwen") else results.classic_result
-        return results.render(build(file_url, media, task.parameters), config.result_padding_bytes)
+        shown = file_url if config.echo_signed_file_url else file_url.split("?", 1)[0]
+        return results.render(build(shown, media, task.parameters), config.result_padding_bytes)
 
     def _finish(self, task: Task) -> None:
         with self._lock:
