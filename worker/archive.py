@@ -8,9 +8,10 @@ Layout under each destination's prefix (`spec/contract.md`, "Archive layout")::
 
 Idempotence and resume: a task whose manifest exists at every destination is done
 (:meth:`Archiver.is_archived`). Progress is recorded in Redis after each object reaches every
-destination (``asr:archive:progress:<task_id>``, a hash: ``event`` and ``file:<n>`` → the file
-record as JSON), so a run that died half-way resumes with what is missing, and rewrites the
-same keys if it repeats a step. Callers hold the task's :class:`worker.lease.Lease`.
+destination (``asr:archive:progress:<task_id>[:<hash of the destination URLs>]``, a hash:
+``event`` and ``file:<n>`` → the file record as JSON), so a run that died half-way resumes
+with what is missing, and rewrites the same keys if it repeats a step. Callers hold the
+task's :class:`worker.lease.Lease`.
 
 Failures: a permanent error of one file (oversized, not JSON, a URL outside the pattern, an
 expired link after one fresh query) marks that file with ``error`` and the others go on; a
@@ -66,11 +67,20 @@ class Outcome:
 
 
 class Progress:
-    """What of one task already reached every destination, in Redis (expires with the TTL)."""
+    """What of one task already reached every destination, in Redis (expires with the TTL).
 
-    def __init__(self, client: redis.Redis, task_id: str, ttl_s: int) -> None:
+    ``destinations`` (their URLs) scope the record: after ``ARCHIVE_URLS`` changes, a replay
+    writes everything to the new set instead of trusting progress made for the old one.
+    """
+
+    def __init__(
+        self, client: redis.Redis, task_id: str, ttl_s: int, destinations: Sequence[str] = ()
+    ) -> None:
         self._redis = client
         self._key = PROGRESS_KEY.format(task_id=task_id)
+        if destinations:
+            scope = hashlib.sha256("\n".join(destinations).encode()).hexdigest()[:12]
+            self._key += f":{scope}"
         self._ttl = ttl_s
 
     def done(self, name: str) -> dict[str, Any] | None:

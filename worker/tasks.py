@@ -173,8 +173,9 @@ def _run(
     store.set_state(task_id, "archiving")
     final = attempt >= settings.archive_max_attempts
     try:
-        result = archiver.run(receipt, Progress(res.client, task_id, settings.dedupe_ttl_seconds),
-                              final=final)  # fmt: skip
+        urls = [d.url for d in res.destinations]
+        progress = Progress(res.client, task_id, settings.dedupe_ttl_seconds, urls)
+        result = archiver.run(receipt, progress, final=final)
     except (TransientError, SoftTimeLimitExceeded, redis.RedisError) as exc:
         error = exc if isinstance(exc, TransientError) else TransientError(repr(exc))
         if final:

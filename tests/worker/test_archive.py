@@ -269,3 +269,20 @@ def test_unfinished_task_is_retried_later(
         run(Archiver([local], fetcher, query=dashscope.query), redis_client, receipt)
     assert info.value.reason == "task_not_finished"
     assert not local.exists("t-11/manifest.json")
+
+
+def test_progress_is_scoped_to_destinations(
+    redis_client: redis.Redis, result_server: ResultServer, fetcher: ResultFetcher,
+    local: Destination, tmp_path: Path,
+) -> None:  # fmt: skip
+    """After a destination is added, a replay writes every object there too."""
+    url = result_server.add("/r/a.json", BODY_A)
+    receipt = store_event(
+        redis_client, "t-12", te.event("t-12", "fun-asr", te.batch_output("t-12", [te.ok(url)]))
+    )
+    extra = open_destination((tmp_path / "second").as_uri(), load_settings())
+    first = Progress(redis_client, "t-12", 600, [local.url])
+    Archiver([local], fetcher).run(receipt, first)
+    both = Progress(redis_client, "t-12", 600, [local.url, extra.url])
+    assert Archiver([local, extra], fetcher).run(receipt, both).complete
+    assert extra.get_bytes("t-12/results/0000.json") == BODY_A and extra.exists("t-12/event.json")
