@@ -32,12 +32,17 @@ BODY = te.result_file(words=200)
 def archive_env(
     tmp_path: Path, result_server: ResultServer, moto_proxy: MotoProxy, s3_bucket: str
 ) -> dict[str, str]:
-    """Worker environment: archive to a directory and to moto S3 (through the counting proxy)."""
+    """Worker environment: archive to a directory, moto S3 and moto OSS (through the proxy)."""
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
     return {
-        "ARCHIVE_URLS": f"{(tmp_path / 'archive').as_uri()},s3://{s3_bucket}/arch",
+        "ARCHIVE_URLS": ",".join(
+            [(tmp_path / "archive").as_uri(), f"s3://{s3_bucket}/arch", f"oss://{s3_bucket}/oss"]
+        ),
         "S3_ENDPOINT_URL": moto_proxy.url,
+        "OSS_ENDPOINT": moto_proxy.url,
+        "OSS_ACCESS_KEY_ID": "testing",
+        "OSS_ACCESS_KEY_SECRET": "testing",
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
@@ -89,7 +94,7 @@ def metric(directory: str, name: str, labels: dict[str, str]) -> float:
 def test_worker_archives_and_dead_letters(
     celery_worker_factory: WorkerFactory, archive_env: dict[str, str], producer: AsrCelery,
     redis_client: redis.Redis, result_server: ResultServer, tmp_path: Path,
-    moto_proxy: MotoProxy, s3_bucket: str,
+    moto_proxy: MotoProxy, s3_bucket: str, s3_client: Any,
 ) -> None:  # fmt: skip
     """A worker archives every family (after a 5xx retry, via the query fallback) and
     dead-letters an unknown model and a poison loop, with manifests, metrics, clean logs."""
@@ -129,7 +134,8 @@ def test_worker_archives_and_dead_letters(
     )
     ids = ["t-fun", "t-qwen", "t-query", "t-failed", "t-unknown", "t-poison"]
     wait_until(lambda: all(manifest(tmp_path, t) for t in ids), what="six manifests")
-    wait_until(lambda: state(redis_client, "t-poison") == "dead", what="poison dead-lettered")
+    final = {"archived", "dead"}
+    wait_until(lambda: all(state(redis_client, t) in final for t in ids), what="final states")
     assert [state(redis_client, t) for t in ids] == ["archived"] * 4 + ["dead"] * 2
     assert (tmp_path / "archive/t-fun/results/0000.json").read_bytes() == BODY
     assert manifest(tmp_path, "t-fun")["files"][1]["code"] == "InvalidFile.DownloadFailed"
@@ -144,6 +150,9 @@ def test_worker_archives_and_dead_letters(
     assert moto_proxy.count("PUT", f"/{s3_bucket}/arch/t-fun/results/0000.json") == 1
     metrics_dir = archive_env["PROMETHEUS_MULTIPROC_DIR"]
     assert metric(metrics_dir, "asr_archive_files_total", {"destination": "s3"}) == 3
+    assert metric(metrics_dir, "asr_archive_files_total", {"destination": "oss"}) == 3
+    oss_copy = s3_client.get_object(Bucket=s3_bucket, Key="oss/t-qwen/results/0000.json")
+    assert oss_copy["Body"].read() == BODY
     assert metric(metrics_dir, "asr_archive_bytes_total", {"destination": "file"}) == 3 * len(BODY)
     assert metric(metrics_dir, "asr_archive_failures_total", {"reason": "unknown_model"}) == 1
     assert metric(metrics_dir, "asr_archive_lag_seconds_count", {}) == 4
@@ -214,10 +223,7 @@ def test_sweep_reenqueues_lost_receipts_and_stuck_tasks(
     assert sweep_once(producer) == {"receipts": 1, "stuck": 1}
     assert redis_client.llen("archive") == 2 and store.stale_pending(0) == []
     celery_worker_factory(archive_env)
-    wait_until(
-        lambda: manifest(tmp_path, "t-lost") and manifest(tmp_path, "t-stuck"), what="manifests"
-    )
-    assert (
-        state(redis_client, "t-lost") == "archived" and state(redis_client, "t-stuck") == "archived"
-    )
+    done = ("t-lost", "t-stuck")
+    wait_until(lambda: all(state(redis_client, t) == "archived" for t in done), what="archived")
+    assert manifest(tmp_path, "t-lost") and manifest(tmp_path, "t-stuck")
     assert redis_client.zscore(INFLIGHT_KEY, "t-live") == 1.0

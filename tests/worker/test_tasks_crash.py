@@ -54,11 +54,12 @@ def test_killed_worker_resumes_after_restart(
     assert redis_client.hlen("unacked") == 1  # the message is neither lost nor acknowledged
     time.sleep(max(0.0, VISIBILITY_S + 1 - (time.monotonic() - killed_at)))
     celery_worker_factory(env)
-    wait_until(manifest.exists, timeout_s=30, what="manifest after restart")
+    store = ReceiptStore(redis_client, 600)
+    wait_until(lambda: store.load("t-crash").state == "archived", timeout_s=30, what="archived")
+    assert manifest.exists()
     assert (tmp_path / "archive/t-crash/results/0001.json").read_bytes() == slow
     assert (result_server.hits("/r/a.json"), result_server.hits("/r/b.json")) == (1, 2)
     prefix = f"/{s3_bucket}/arch/t-crash/"
     puts = sorted(p for m, p, _ in moto_proxy.requests if m == "PUT" and p.startswith(prefix))
     names = ["event.json", "manifest.json", "results/0000.json", "results/0001.json"]
     assert puts == [prefix + n for n in names]
-    assert ReceiptStore(redis_client, 600).load("t-crash").state == "archived"
