@@ -36,7 +36,7 @@ from flask import Flask  # noqa: E402
 
 from asr_ingest.embedded import EmbeddedRedis  # noqa: E402
 from asr_ingest.stack import ChildSpec, Stack  # noqa: E402
-from asr_ingest.starters import broker_url_for, free_port, http_probe, script  # noqa: E402
+from asr_ingest.starters import free_port, http_probe, script  # noqa: E402
 from tests.support.eventbridge_signer import (  # noqa: E402
     CertificateHost,
     Identity,
@@ -237,7 +237,6 @@ def webhook_env(redis_url: str, host: CertificateHost, directory: Path) -> dict[
     (directory / "prometheus").mkdir()
     return {
         "REDIS_URL": redis_url,
-        "CELERY_BROKER_URL": broker_url_for(redis_url),
         "WEBHOOK_PUBLIC_URL": "https://hooks.example.test" + TARGET_PATH,
         "EVENTBRIDGE_CERT_URL_REGEX": rf"https://127\.0\.0\.1:{host.port}/certs/[a-z0-9-]+\.pem",
         "SSL_CERT_FILE": str(host.ca_file),

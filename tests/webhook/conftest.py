@@ -13,7 +13,6 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.fixtures.worker import broker_url_for
 from tests.support.eventbridge_signer import CertificateHost, Identity, Route, Signer, make_identity
 from webhook import create_app
 from worker.settings import Settings, load_settings
@@ -94,7 +93,6 @@ def settings(redis_url: str, cert_host: CertificateHost) -> Settings:
     """Settings for the session Redis, the test target URL and the local certificate host."""
     return load_settings(
         redis_url=redis_url,
-        celery_broker_url=broker_url_for(redis_url),
         webhook_public_url=TARGET_URL,
         eventbridge_cert_url_regex=cert_url_regex(cert_host),
         log_format="json",
