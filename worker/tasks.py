@@ -119,7 +119,11 @@ def archive(self: Task, task_id: str, replay: bool = False) -> str:
 
 
 def _archive(task: Task, task_id: str, replay: bool) -> str:
-    res = resources(task.app)
+    try:
+        res = resources(task.app)
+    except PermanentError as exc:  # bad ARCHIVE_URLS or OSS settings: keep the task replayable
+        DeadLetters(task.app.redis).add(task_id, exc.reason, 1, str(exc))
+        return "dead"
     store = ReceiptStore(res.client, res.settings.dedupe_ttl_seconds)
     receipt = store.load(task_id)
     if receipt is None:
@@ -160,27 +164,46 @@ def _run(
     receipt: Receipt,
     replay: bool,
 ) -> str:
+    """Apply the retry policy around :func:`_attempt`: no error leaves without a record."""
+    attempt = task.request.retries + 1
+    final = attempt >= res.settings.archive_max_attempts
+    try:
+        return _attempt(res, store, archiver, receipt, replay, attempt, final)
+    except (TransientError, SoftTimeLimitExceeded, redis.RedisError) as exc:
+        error = exc if isinstance(exc, TransientError) else TransientError(repr(exc))
+        if final:
+            return _give_up(res, store, archiver, receipt, error, attempt)
+        raise _Again(error) from exc
+    except WorkerError as exc:
+        return _give_up(res, store, archiver, receipt, exc, attempt)
+    except Exception as exc:  # a bug: record it, keep the task replayable
+        log.exception("archive_internal_error")
+        internal = PermanentError(repr(exc), reason="internal_error")
+        return _give_up(res, store, archiver, receipt, internal, attempt)
+
+
+def _attempt(
+    res: _Resources,
+    store: ReceiptStore,
+    archiver: Archiver,
+    receipt: Receipt,
+    replay: bool,
+    attempt: int,
+    final: bool,
+) -> str:
     task_id = receipt.task_id
     if not replay and archiver.is_archived(task_id):
         store.set_state(task_id, "archived")
         return "already_archived"
     settings = res.settings
     deliveries = count_delivery(res.client, task_id, settings.dedupe_ttl_seconds)
-    attempt = task.request.retries + 1
     if deliveries > settings.archive_max_deliveries:
         poison = PermanentError(f"{deliveries} deliveries", reason="poison_loop")
         return _give_up(res, store, archiver, receipt, poison, attempt)
     store.set_state(task_id, "archiving")
-    final = attempt >= settings.archive_max_attempts
-    try:
-        urls = [d.url for d in res.destinations]
-        progress = Progress(res.client, task_id, settings.dedupe_ttl_seconds, urls)
-        result = archiver.run(receipt, progress, final=final)
-    except (TransientError, SoftTimeLimitExceeded, redis.RedisError) as exc:
-        error = exc if isinstance(exc, TransientError) else TransientError(repr(exc))
-        if final:
-            return _give_up(res, store, archiver, receipt, error, attempt)
-        raise _Again(error) from exc
+    urls = [d.url for d in res.destinations]
+    progress = Progress(res.client, task_id, settings.dedupe_ttl_seconds, urls)
+    result = archiver.run(receipt, progress, final=final)
     return _finish(res, store, receipt, result, attempt)
 
 

@@ -227,3 +227,28 @@ def test_sweep_reenqueues_lost_receipts_and_stuck_tasks(
     wait_until(lambda: all(state(redis_client, t) == "archived" for t in done), what="archived")
     assert manifest(tmp_path, "t-lost") and manifest(tmp_path, "t-stuck")
     assert redis_client.zscore(INFLIGHT_KEY, "t-live") == 1.0
+
+
+def test_unreachable_destination_exhausts_retries(
+    celery_worker_factory: WorkerFactory, archive_env: dict[str, str], producer: AsrCelery,
+    redis_client: redis.Redis, result_server: ResultServer,
+) -> None:  # fmt: skip
+    """A destination that never answers is retried with backoff, then dead-lettered."""
+    url = result_server.add("/r/a.json", BODY)
+    env = {
+        **archive_env,
+        "ARCHIVE_URLS": "s3://bucket/arch",
+        "S3_ENDPOINT_URL": "http://127.0.0.1:9",
+    }
+    env["AWS_MAX_ATTEMPTS"] = "1"
+    worker = celery_worker_factory(env)
+    deliver(
+        redis_client,
+        producer,
+        "t-down",
+        te.event("t-down", "fun-asr", te.batch_output("t-down", [te.ok(url)])),
+    )
+    letter = wait_until(lambda: DeadLetters(redis_client).get("t-down"), what="dead letter")
+    assert (letter.reason, letter.attempts) == ("destination_unavailable", 3)
+    assert state(redis_client, "t-down") == "dead"
+    assert worker.log().count("Retry in") == 2
