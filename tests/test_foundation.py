@@ -63,3 +63,40 @@ def test_release_undoes_claim(redis_client: redis.Redis) -> None:
     store.release("t-2")
     assert store.load("t-2") is None
     assert store.claim("t-2", b"{}")
+
+
+@pytest.mark.parametrize("later", ["archiving", "archived", "dead"])
+def test_mark_enqueued_never_moves_backwards(redis_client: redis.Redis, later: str) -> None:
+    """mark_enqueued never undoes a worker's later state; it still drops the pending entry."""
+    store = ReceiptStore(redis_client, ttl_seconds=600)
+    store.claim("t-3", b"{}")
+    store.set_state("t-3", later)  # type: ignore[arg-type]  # parametrized ReceiptState
+    redis_client.zadd(PENDING_KEY, {"t-3": 1.0})
+    assert not store.mark_enqueued("t-3")
+    receipt = store.load("t-3")
+    assert receipt is not None and receipt.state == later
+    assert redis_client.zcard(PENDING_KEY) == 0
+
+
+def test_mark_enqueued_moves_received_only(redis_client: redis.Redis) -> None:
+    """mark_enqueued moves received to enqueued and creates nothing for a missing receipt."""
+    store = ReceiptStore(redis_client, ttl_seconds=600)
+    store.claim("t-4", b"{}")
+    assert store.mark_enqueued("t-4")
+    receipt = store.load("t-4")
+    assert receipt is not None and receipt.state == "enqueued"
+    assert not store.mark_enqueued("t-absent")
+    assert not redis_client.exists(store.key("t-absent"))
+
+
+def test_claim_enqueued_stores_and_pushes_once(redis_client: redis.Redis) -> None:
+    """claim_enqueued stores the receipt as enqueued and pushes one message; a repeat nothing."""
+    store = ReceiptStore(redis_client, ttl_seconds=600)
+    assert store.claim_enqueued("t-5", b'{"a":1}', queue_key="q", message="m1", now=100.0)
+    assert not store.claim_enqueued("t-5", b'{"a":2}', queue_key="q", message="m2", now=200.0)
+    receipt = store.load("t-5")
+    assert receipt is not None
+    assert (receipt.body, receipt.state, receipt.received_at) == (b'{"a":1}', "enqueued", 100.0)
+    assert redis_client.lrange("q", 0, -1) == [b"m1"]
+    assert redis_client.zcard(PENDING_KEY) == 0
+    assert 0 < redis_client.ttl(store.key("t-5")) <= 600

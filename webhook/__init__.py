@@ -12,7 +12,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from webhook.certificates import CertificateCache, create_http_client
-from webhook.intake import Intake, archive_publisher
+from webhook.intake import create_intake
 from webhook.metrics import WebhookMetrics
 from webhook.views import EXTENSION, Webhook, bp
 from worker import AsrCelery, create_celery
@@ -42,7 +42,9 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 
 def build_webhook(settings: Settings) -> Webhook:
-    """The views' collaborators: Redis client, receipt store, Celery publisher, key cache."""
+    """The views' collaborators: Redis client, intake (receipt store and archive messages),
+    Celery app (publishing fallback, readiness), key cache. See :mod:`webhook.intake` for the
+    two intake paths."""
     client = redis.Redis.from_url(
         settings.redis_url,
         socket_timeout=REDIS_TIMEOUT_SECONDS,
@@ -58,7 +60,7 @@ def build_webhook(settings: Settings) -> Webhook:
     return Webhook(
         settings=settings,
         keys=keys,
-        intake=Intake(ReceiptStore(client, settings.dedupe_ttl_seconds), archive_publisher(celery)),
+        intake=create_intake(settings, ReceiptStore(client, settings.dedupe_ttl_seconds), celery),
         redis=client,
         celery=celery,
         metrics=WebhookMetrics(settings.prometheus_multiproc_dir),
@@ -66,7 +68,11 @@ def build_webhook(settings: Settings) -> Webhook:
 
 
 def publishing_celery(settings: Settings) -> AsrCelery:
-    """The project's Celery app, tuned for publishing from a request: short broker timeouts."""
+    """The project's Celery app, tuned for publishing from a request: short broker timeouts.
+
+    Used for every delivery only by the publishing intake (a broker other than ``REDIS_URL``);
+    the one-round-trip intake uses it once, to build its message template.
+    """
     celery = create_celery(settings)
     options = dict(celery.conf.broker_transport_options or {})
     options.update(

@@ -1,17 +1,31 @@
-"""Exactly-once intake: claim the receipt in Redis, publish one archive message, mark it.
+"""Exactly-once intake: store the receipt in Redis and leave one archive message, or answer 503.
 
-Order and failure handling (the issue's "Exactly-once intake"; receipt states in
-:mod:`worker.store`):
+Two paths (receipt states in :mod:`worker.store`); :func:`create_intake` picks one per app.
 
-1. :meth:`ReceiptStore.claim` stores the raw body in one Lua round trip; a repeat is a
-   ``duplicate``. A Redis error here means nothing is stored: 503, nothing to undo.
-2. Publish ``asr_ingest.archive(task_id)`` on queue ``archive``. On failure the claim is
-   released and the answer is 503, so EventBridge's retry is accepted afresh. If the release
-   fails too, the receipt stays ``received`` in the pending set and the worker's sweep
-   re-enqueues it; the retry is then a ``duplicate``, which is safe because it is stored.
-3. :meth:`ReceiptStore.mark_enqueued`. The message is already on the broker, so a failure
-   here still answers ``accepted``; the receipt stays pending and the sweep may enqueue a
-   second message, which the idempotent archive task absorbs.
+**One round trip** (:class:`AtomicIntake`), when the Celery broker is the Redis database of
+``REDIS_URL`` (the default; :func:`webhook.messages.broker_is_redis_store`). One Lua script
+(:meth:`ReceiptStore.claim_enqueued`) checks the ``task_id``, stores the raw body and ``LPUSH``\\ es
+the archive message (:class:`webhook.messages.ArchiveMessages`) onto kombu's ``archive`` list.
+Redis runs a script whole or not at all, so there is no crash window: the receipt is stored as
+``enqueued`` and never pending; a repeat is a ``duplicate`` that pushes nothing; a Redis error
+means nothing is stored (503 ``redis_unavailable``). Measured by
+``tests/benchmarks/webhook_bench.py --profile``: Celery's ``send_task`` costs about 1 ms of CPU
+per delivery (a broker client per publish, headers, ``saferepr``) and claim + mark two more round
+trips; this path is one script call and a few microseconds of string filling.
+
+**Claim, publish, mark** (:class:`PublishingIntake`), for any other broker (another Redis server
+or database, RabbitMQ), where no single operation spans the receipt and the queue:
+
+1. :meth:`ReceiptStore.claim` stores the raw body in one Lua round trip, state ``received`` and
+   pending; a repeat is a ``duplicate``. A Redis error here means nothing is stored: 503.
+2. Publish ``asr_ingest.archive(task_id)`` on queue ``archive`` with ``send_task``. On failure
+   the claim is released and the answer is 503, so EventBridge's retry is accepted afresh. If
+   the release fails too, the receipt stays ``received`` in the pending set and the worker's
+   sweep re-enqueues it; the retry is then a ``duplicate``, which is safe because it is stored.
+3. :meth:`ReceiptStore.mark_enqueued` (``received`` → ``enqueued`` only, so a worker that already
+   set ``archiving`` is not undone). The message is already on the broker, so a failure here
+   still answers ``accepted``; the receipt stays pending and the sweep may enqueue a second
+   message, which the idempotent archive task absorbs.
 
 A crash between 1 and 2 leaves the receipt ``received`` and pending: the sweep re-enqueues it.
 """
@@ -19,24 +33,82 @@ A crash between 1 and 2 leaves the receipt ``received`` and pending: the sweep r
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import redis
 import structlog
 
 from webhook.errors import BrokerUnavailable, StoreUnavailable
 from webhook.events import Event
+from webhook.messages import ArchiveMessages, broker_is_redis_store
 from worker.queues import ARCHIVE_QUEUE, ARCHIVE_TASK
+from worker.settings import Settings
 from worker.store import ReceiptStore
 
 log = structlog.get_logger(__name__)
 
 Publish = Callable[[str], None]
+Outcome = Literal["accepted", "duplicate"]
 
 PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2}
 """One immediate retry: it heals a pooled broker connection that went stale (a broker restart
 or an idle timeout) yet keeps a dead broker's answer under a second or two, well inside the few
 seconds EventBridge waits. Longer retries belong to EventBridge, which redelivers after a 503."""
+
+
+class Intake(Protocol):
+    """Takes one verified event: stored and one archive message, or an error and nothing."""
+
+    def take(self, event: Event, body: bytes) -> Outcome:
+        """``accepted`` (new) or ``duplicate``; ``body`` is the raw verified delivery.
+
+        Raises :class:`StoreUnavailable` or :class:`BrokerUnavailable` (503).
+        """
+        ...
+
+
+def create_intake(settings: Settings, store: ReceiptStore, celery: Any) -> Intake:
+    """The one-round-trip intake when the broker is ``REDIS_URL``'s database, else publishing.
+
+    ``celery`` is the app from :func:`worker.create_celery`. Logs ``intake_path`` once.
+    """
+    if broker_is_redis_store(settings):
+        try:
+            messages = ArchiveMessages(celery)
+        except RuntimeError as exc:  # an unexpected Celery message format: the slow, safe path
+            log.warning("intake_path", path="publish", reason=str(exc))
+        else:
+            log.info("intake_path", path="atomic", queue_key=messages.queue_key)
+            return AtomicIntake(store, messages)
+    log.info("intake_path", path="publish")
+    return PublishingIntake(store, archive_publisher(celery))
+
+
+class AtomicIntake:
+    """Claim and enqueue in one Lua script on the broker's own Redis database."""
+
+    def __init__(self, store: ReceiptStore, messages: ArchiveMessages) -> None:
+        self._store = store
+        self._messages = messages
+
+    def take(self, event: Event, body: bytes) -> Outcome:
+        """Store ``body`` and push the archive message at once; see :class:`Intake`.
+
+        Raises :class:`StoreUnavailable` when Redis fails (nothing stored, nothing pushed).
+        """
+        message = self._messages.render(event.task_id)
+        try:
+            claimed = self._store.claim_enqueued(
+                event.task_id,
+                body,
+                queue_key=self._messages.queue_key,
+                message=message,
+                event_id=event.event_id,
+                model=event.model,
+            )
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"claim failed: {type(exc).__name__}") from exc
+        return "accepted" if claimed else "duplicate"
 
 
 def archive_publisher(celery: Any) -> Publish:
@@ -58,15 +130,15 @@ def archive_publisher(celery: Any) -> Publish:
     return publish
 
 
-class Intake:
-    """Store-then-enqueue for verified events; see the module docstring for the guarantees."""
+class PublishingIntake:
+    """Claim, publish with Celery, mark; see the module docstring for the guarantees."""
 
     def __init__(self, store: ReceiptStore, publish: Publish) -> None:
         self._store = store
         self._publish = publish
 
-    def take(self, event: Event, body: bytes) -> Literal["accepted", "duplicate"]:
-        """Claim, publish and mark one event; ``body`` is the raw verified delivery.
+    def take(self, event: Event, body: bytes) -> Outcome:
+        """Claim, publish and mark one event; see :class:`Intake`.
 
         Raises :class:`StoreUnavailable` when the claim fails (nothing stored) and
         :class:`BrokerUnavailable` when the publish fails (claim released).

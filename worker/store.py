@@ -16,14 +16,24 @@ A *receipt* is one task's stored event. Keys (``asr:`` prefix, all expire after
 
 Receipt states::
 
-    received ──enqueue ok──▶ enqueued ──worker starts──▶ archiving ──▶ archived
-        │                                                    └──────▶ dead  (dead-lettered)
-        └── crash or broker failure after the claim: stays ``received`` in the pending set;
-            the worker's periodic sweep re-enqueues receipts older than
-            ``RECEIPT_SWEEP_AFTER_SECONDS``.
+    claim ──▶ received ──enqueue ok──▶ enqueued ──worker starts──▶ archiving ──▶ archived
+                 │                        ▲                             └──────▶ dead
+                 │     claim_enqueued ────┘ (stored and queued in one step)   (dead-lettered)
+                 └── crash or broker failure after the claim: stays ``received`` in the
+                     pending set; the worker's periodic sweep re-enqueues receipts older than
+                     ``RECEIPT_SWEEP_AFTER_SECONDS``.
 
-The claim (existence check, hash write, expiry, pending entry) is one Lua script: one round
-trip, atomic, so concurrent deliveries of one ``task_id`` produce exactly one claim.
+Two ways in, both one Lua script each, so concurrent deliveries of one ``task_id`` produce
+exactly one claim:
+
+- :meth:`ReceiptStore.claim_enqueued` (broker = this Redis server and database): the existence
+  check, hash write, expiry and the ``LPUSH`` of the archive message onto the queue list happen
+  atomically, so the receipt starts as ``enqueued`` and never enters the pending set: there is
+  no moment at which it is stored but its message is not.
+- :meth:`ReceiptStore.claim` then, after the publish, :meth:`ReceiptStore.mark_enqueued` (any
+  other broker). ``mark_enqueued`` only moves ``received`` to ``enqueued``: a worker may take the
+  message and set ``archiving`` (or finish) before the webhook marks it, and a receipt never
+  goes backwards.
 """
 
 from __future__ import annotations
@@ -51,6 +61,28 @@ redis.call('ZADD', KEYS[2], ARGV[2], ARGV[7])
 return 1
 """
 
+# KEYS[1] receipt hash, KEYS[2] queue list;
+# ARGV: body, received_at, event_id, model, source, ttl seconds, message.
+_CLAIM_ENQUEUED = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'body', ARGV[1], 'received_at', ARGV[2], 'event_id', ARGV[3],
+           'model', ARGV[4], 'source', ARGV[5], 'state', 'enqueued')
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
+redis.call('LPUSH', KEYS[2], ARGV[7])
+return 1
+"""
+
+# KEYS[1] receipt hash, KEYS[2] pending set; ARGV: task_id.
+_MARK_ENQUEUED = """
+local moved = 0
+if redis.call('HGET', KEYS[1], 'state') == 'received' then
+  redis.call('HSET', KEYS[1], 'state', 'enqueued')
+  moved = 1
+end
+redis.call('ZREM', KEYS[2], ARGV[1])
+return moved
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class Receipt:
@@ -72,6 +104,8 @@ class ReceiptStore:
         self._redis = client
         self._ttl = ttl_seconds
         self._claim = client.register_script(_CLAIM)
+        self._claim_enqueued = client.register_script(_CLAIM_ENQUEUED)
+        self._mark_enqueued = client.register_script(_MARK_ENQUEUED)
 
     @staticmethod
     def key(task_id: str) -> str:
@@ -88,18 +122,41 @@ class ReceiptStore:
         source: ReceiptSource = "eventbridge",
         now: float | None = None,
     ) -> bool:
-        """Store ``body`` for ``task_id`` unless already stored; True when this call stored it."""
+        """Store ``body`` for ``task_id`` unless already stored; True when this call stored it.
+
+        The receipt starts ``received`` and pending; ``now`` is seconds since the epoch.
+        """
+        args = self._fields(body, event_id, model, source, now)
+        return bool(self._claim(keys=[self.key(task_id), PENDING_KEY], args=[*args, task_id]))
+
+    def claim_enqueued(
+        self,
+        task_id: str,
+        body: bytes,
+        *,
+        queue_key: str,
+        message: bytes | str,
+        event_id: str = "",
+        model: str = "",
+        source: ReceiptSource = "eventbridge",
+        now: float | None = None,
+    ) -> bool:
+        """Store ``body`` and ``LPUSH`` ``message`` onto list ``queue_key``, atomically, once.
+
+        ``message`` is the broker's stored form of the archive message (for Celery on kombu's
+        Redis transport, the JSON document ``Channel._put`` would push onto list ``archive``).
+        True when this call stored it (state ``enqueued``, never pending); False for a repeat,
+        which pushes nothing. Only right when the broker's queue lives in this same Redis
+        database; the webhook decides that.
+        """
+        args = [*self._fields(body, event_id, model, source, now), message]
+        return bool(self._claim_enqueued(keys=[self.key(task_id), queue_key], args=args))
+
+    def _fields(
+        self, body: bytes, event_id: str, model: str, source: str, now: float | None
+    ) -> list[bytes | str | int]:
         received_at = time.time() if now is None else now
-        args: list[bytes | str | int] = [
-            body,
-            repr(received_at),
-            event_id,
-            model,
-            source,
-            self._ttl,
-            task_id,
-        ]
-        return bool(self._claim(keys=[self.key(task_id), PENDING_KEY], args=args))
+        return [body, repr(received_at), event_id, model, source, self._ttl]
 
     def release(self, task_id: str) -> None:
         """Undo a claim whose enqueue failed, so the sender's retry is accepted afresh."""
@@ -108,12 +165,15 @@ class ReceiptStore:
         pipe.zrem(PENDING_KEY, task_id)
         pipe.execute()
 
-    def mark_enqueued(self, task_id: str) -> None:
-        """Record that the archive message is on the broker (leaves the pending set)."""
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.hset(self.key(task_id), "state", "enqueued")
-        pipe.zrem(PENDING_KEY, task_id)
-        pipe.execute()
+    def mark_enqueued(self, task_id: str) -> bool:
+        """Record that the archive message is on the broker: ``received`` → ``enqueued``.
+
+        Leaves the pending set in any case. Any other state (``archiving``, ``archived``,
+        ``dead``: a worker got there first) and a missing receipt are left as they are.
+        True when the state moved.
+        """
+        keys = [self.key(task_id), PENDING_KEY]
+        return bool(self._mark_enqueued(keys=keys, args=[task_id]))
 
     def set_state(self, task_id: str, state: ReceiptState) -> None:
         """Advance a receipt's state (the worker: ``archiving``, ``archived``, ``dead``)."""

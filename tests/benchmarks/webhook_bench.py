@@ -3,11 +3,14 @@
 Run by ``make bench`` (``python tests/benchmarks/webhook_bench.py``). It starts an embedded
 Redis, an HTTPS certificate host, and gunicorn twice with identical flags: (a) a Flask app that
 answers 200 to any POST, (b) ``webhook:create_app()`` with real signatures (v2), unique
-``task_id``\\ s, real Redis and Celery publishing. Client processes send pre-signed raw HTTP/1.1
-requests, first closed-loop (peak requests/s), then open-loop at half the peak rate (latency
-measured from each request's scheduled send time). It prints requests/s, p50 and p99 for both
-and the ratio (b)/(a). Targets (issue 2): ratio >= 0.8, p99 < 25 ms at half the peak rate.
-``--profile`` profiles the webhook's request path in-process instead (cProfile, top functions).
+``task_id``\\ s, real Redis and the default intake (broker = ``REDIS_URL``: claim and ``LPUSH``
+of the Celery message in one Lua script, :mod:`webhook.intake`). Client processes send
+pre-signed raw HTTP/1.1 requests, first closed-loop (peak requests/s), then open-loop at half
+the peak rate (latency measured from each request's scheduled send time). It prints
+requests/s, p50 and p99 for both and the ratio (b)/(a). Targets (issue 2): ratio >= 0.8, p99
+< 25 ms at half the peak rate.
+``--profile`` profiles the webhook's request path in-process instead: each step of both intake
+paths (one round trip; claim → ``send_task`` → mark), then whole requests under cProfile.
 """
 
 from __future__ import annotations
@@ -293,11 +296,13 @@ def report(rows: list[tuple[str, Measurement]], args: argparse.Namespace) -> Non
 def profile(env: dict[str, str], identity: Identity, host: CertificateHost) -> None:
     """Time each step of the request path in-process (real Redis and Celery), then cProfile it.
 
-    Prints mean wall and CPU microseconds per step: verify, parse, claim, publish, mark.
+    Prints mean wall and CPU microseconds per step: verify, parse, then the one-round-trip
+    intake (render the message, claim + push) and the publishing one (claim, publish, mark).
     """
     from webhook import create_app
     from webhook.events import parse_event
     from webhook.intake import archive_publisher
+    from webhook.messages import ArchiveMessages
     from webhook.signature import verify_delivery
     from webhook.views import EXTENSION
     from worker.settings import load_settings
@@ -310,6 +315,7 @@ def profile(env: dict[str, str], identity: Identity, host: CertificateHost) -> N
     hook = app.extensions[EXTENSION]
     store = ReceiptStore(hook.redis, 3600)
     publish = archive_publisher(hook.celery)
+    messages = ArchiveMessages(hook.celery)
     signer = Signer(identity, host.url(CERT_PATH), env["WEBHOOK_PUBLIC_URL"])
     deliveries = [signed(signer) for _ in range(PROFILE_COUNT)]
 
@@ -322,12 +328,16 @@ def profile(env: dict[str, str], identity: Identity, host: CertificateHost) -> N
     steps: dict[str, Callable[[bytes, dict[str, str], str], object]] = {
         "verify (RSA, cached key)": lambda b, h, _: verify(h, b),
         "parse event JSON": lambda b, _, __: parse_event(b),
-        "claim (Lua, 1 round trip)": lambda b, _, t: store.claim(t, b),
-        "publish (celery.send_task)": lambda _, __, t: publish(t),
-        "mark_enqueued (1 round trip)": lambda _, __, t: store.mark_enqueued(t),
+        "render archive message": lambda _, __, t: messages.render(t),
+        "claim + LPUSH (Lua, 1 trip)": lambda b, _, t: store.claim_enqueued(
+            "a" + t, b, queue_key=messages.queue_key, message=messages.render(t)
+        ),
+        "fallback: claim (Lua, 1 trip)": lambda b, _, t: store.claim(t, b),
+        "fallback: celery.send_task": lambda _, __, t: publish(t),
+        "fallback: mark_enqueued (Lua)": lambda _, __, t: store.mark_enqueued(t),
     }
     steps["verify (RSA, cached key)"](*deliveries[0])  # warm: certificate fetch, connections
-    steps["publish (celery.send_task)"](*deliveries[0])
+    steps["fallback: celery.send_task"](*deliveries[0])
     print(f"{'step':32}{'wall us':>10}{'CPU us':>10}   ({PROFILE_COUNT} deliveries)")
     for name, step in steps.items():
         wall, cpu = time.perf_counter(), time.process_time()

@@ -1,14 +1,21 @@
-"""Intake's failure paths with a real Redis that goes away at the worst moment."""
+"""The publishing intake (claim → send_task → mark): failure paths with a real Redis that goes
+away at the worst moment, and concurrent deliveries."""
 
 from __future__ import annotations
+
+import threading
+from collections import Counter
 
 import pytest
 import redis
 
 from asr_ingest.embedded import EmbeddedRedis
+from tests.webhook.conftest import archive_messages
+from webhook import publishing_celery
 from webhook.errors import BrokerUnavailable
 from webhook.events import Event
-from webhook.intake import Intake
+from webhook.intake import PublishingIntake, archive_publisher
+from worker.settings import broker_url_for, load_settings
 from worker.store import PENDING_KEY, ReceiptStore
 
 EVENT = Event(type="dashscope:System:AsyncTaskFinish", event_id="e-1", task_id="t-1", model="m")
@@ -31,7 +38,7 @@ def test_publish_and_release_both_fail_leaves_pending_receipt(
         raise ConnectionError("broker gone too")
 
     with pytest.raises(BrokerUnavailable):
-        Intake(store, publish_while_redis_dies).take(EVENT, b"{}")
+        PublishingIntake(store, publish_while_redis_dies).take(EVENT, b"{}")
     private_redis.start()
     receipt = store.load("t-1")
     assert receipt is not None and receipt.state == "received"
@@ -47,7 +54,7 @@ def test_mark_failure_after_publish_still_accepts(private_redis: EmbeddedRedis) 
         published.append(task_id)
         private_redis.stop()
 
-    assert Intake(store, publish_then_redis_dies).take(EVENT, b"{}") == "accepted"
+    assert PublishingIntake(store, publish_then_redis_dies).take(EVENT, b"{}") == "accepted"
     assert published == ["t-1"]
     private_redis.start()
     client = redis.Redis.from_url(private_redis.url)
@@ -63,6 +70,35 @@ def test_publish_failure_releases_claim(redis_client: redis.Redis) -> None:
         raise OSError("connection refused")
 
     with pytest.raises(BrokerUnavailable):
-        Intake(store, refuse).take(EVENT, b"{}")
+        PublishingIntake(store, refuse).take(EVENT, b"{}")
     assert store.load("t-1") is None and redis_client.zcard(PENDING_KEY) == 0
-    assert Intake(store, lambda task_id: None).take(EVENT, b"{}") == "accepted"
+    assert PublishingIntake(store, lambda task_id: None).take(EVENT, b"{}") == "accepted"
+
+
+def test_parallel_takes_on_publish_path_leave_one_message(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    """50 threads take one event through claim → send_task → mark: one accepted, one message."""
+    broker_url = broker_url_for(redis_url).replace("virtual_host=0", "virtual_host=1")
+    settings = load_settings(redis_url=redis_url, celery_broker_url=broker_url)
+    intake = PublishingIntake(
+        ReceiptStore(redis_client, 600), archive_publisher(publishing_celery(settings))
+    )
+    barrier = threading.Barrier(50)
+    outcomes: list[str] = []
+
+    def one() -> None:
+        barrier.wait()
+        outcomes.append(intake.take(EVENT, b"{}"))
+
+    threads = [threading.Thread(target=one) for _ in range(50)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert Counter(outcomes) == {"accepted": 1, "duplicate": 49}
+    broker = redis.Redis.from_url(redis_url.replace("db=0", "db=1"))
+    assert [m["args"] for m in archive_messages(broker)] == [["t-1"]]
+    broker.close()
+    receipt = ReceiptStore(redis_client, 600).load("t-1")
+    assert receipt is not None and receipt.state == "enqueued"
