@@ -4,14 +4,15 @@ Two paths (receipt states in :mod:`worker.store`); :func:`create_intake` picks o
 
 **One round trip** (:class:`AtomicIntake`), when the Celery broker is the Redis database of
 ``REDIS_URL`` (the default; :func:`webhook.messages.broker_is_redis_store`). One Lua script
-(:meth:`ReceiptStore.claim_enqueued`) checks the ``task_id``, stores the raw body and ``LPUSH``\\ es
-the archive message (:class:`webhook.messages.ArchiveMessages`) onto kombu's ``archive`` list.
-Redis runs a script whole or not at all, so there is no crash window: the receipt is stored as
-``enqueued`` and never pending; a repeat is a ``duplicate`` that pushes nothing; a Redis error
-means nothing is stored (503 ``redis_unavailable``). Measured by
-``tests/benchmarks/webhook_bench.py --profile``: Celery's ``send_task`` costs about 1 ms of CPU
-per delivery (a broker client per publish, headers, ``saferepr``) and claim + mark two more round
-trips; this path is one script call and a few microseconds of string filling.
+(:meth:`ReceiptStore.claim_enqueued`) checks the ``task_id``, stores the raw body and
+``LPUSH``-es the archive message (:class:`webhook.messages.ArchiveMessages`) onto kombu's list.
+Redis runs a script whole or not at all, and both keys live in one database (persisted or lost
+together), so there is no crash window: the receipt is stored as ``enqueued`` and never pending; a
+repeat is a ``duplicate`` that pushes nothing; a Redis error means nothing is stored (503
+``redis_unavailable``). Why (``tests/benchmarks/webhook_bench.py --profile``, CPU per delivery):
+Celery's ``send_task`` costs 0.7 to 1 ms (a broker client per publish, protocol-2 headers,
+``saferepr``) and claim + mark two round trips of about 0.1 ms each; this path is one script call
+(about 0.1 ms) and about 11 µs to fill in the message.
 
 **Claim, publish, mark** (:class:`PublishingIntake`), for any other broker (another Redis server
 or database, RabbitMQ), where no single operation spans the receipt and the queue:
