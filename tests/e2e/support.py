@@ -79,3 +79,33 @@ def served_results(api_url: str, api_key: str, task_id: str) -> dict[int, bytes]
 def signed_query_hits(blobs: Iterable[tuple[str, bytes]]) -> list[str]:
     """Names of the blobs that hold a signed URL's query parameter."""
     return [name for name, blob in blobs if SIGNED_QUERY.search(blob)]
+
+
+def assert_archived_once(
+    box: Any, archive: Path, s3: dict[str, bytes], tasks: int, files: int
+) -> dict[str, dict[str, Any]]:
+    """Every file archived once, locally and in S3, byte-identical to what ``box`` serves.
+
+    ``s3`` holds the S3 copy (key below the destination prefix → body). Tasks whose callback
+    the sandbox dropped must have been archived by reconciliation. Returns the manifests.
+    """
+    manifests = local_manifests(archive)
+    assert len(manifests) == tasks
+    assert sum(len(m["files"]) for m in manifests.values()) == files
+    state = box.state()
+    assert len(state["submissions"]) == tasks
+    reconciled = {t for t, m in manifests.items() if m["source"] == "reconciled"}
+    assert reconciled == set(state["dropped"])
+    assert sum(key.endswith("/manifest.json") for key in s3) == tasks
+    for task_id, manifest in manifests.items():
+        served = served_results(box.api_url, box.env["DASHSCOPE_API_KEY"], task_id)
+        for entry in manifest["files"]:
+            assert entry["subtask_status"] == "SUCCEEDED"
+            local = (archive / entry["key"]).read_bytes()
+            assert local == served[entry["index"]] == s3[entry["key"]]
+    return manifests
+
+
+def tree_blobs(*roots: Path) -> list[tuple[str, bytes]]:
+    """(path, content) of every file below ``roots``."""
+    return [(str(p), p.read_bytes()) for root in roots for p in root.rglob("*") if p.is_file()]

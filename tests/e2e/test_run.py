@@ -21,11 +21,11 @@ from asr_ingest.starters import free_port, script
 from sandbox.server import Sandbox
 from tests.e2e.support import (
     MODELS,
+    assert_archived_once,
     distinct_media,
-    local_manifests,
     s3_objects,
-    served_results,
     signed_query_hits,
+    tree_blobs,
 )
 
 pytestmark = pytest.mark.e2e
@@ -94,24 +94,9 @@ def test_run_archives_every_file_once_to_local_and_s3(
 
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     assert f"{FILES} of {FILES} files archived" in done.stdout
-    manifests = local_manifests(archive)
-    assert len(manifests) == EXPECTED_TASKS
-    assert sum(len(m["files"]) for m in manifests.values()) == len(media)
-    state = box.state()
-    assert len(state["submissions"]) == EXPECTED_TASKS
-    reconciled = {t for t, m in manifests.items() if m["source"] == "reconciled"}
-    assert reconciled == set(state["dropped"])
     s3 = s3_objects(s3_client, s3_bucket, "results/")
-    assert sum(key.endswith("/manifest.json") for key in s3) == EXPECTED_TASKS
-    for task_id, manifest in manifests.items():
-        served = served_results(box.api_url, box.env["DASHSCOPE_API_KEY"], task_id)
-        for entry in manifest["files"]:
-            assert entry["subtask_status"] == "SUCCEEDED"
-            local = (archive / entry["key"]).read_bytes()
-            assert local == served[entry["index"]] == s3[entry["key"]]
-    blobs = [
-        (str(p), p.read_bytes()) for p in [*archive.rglob("*"), *logs.glob("*")] if p.is_file()
-    ]
+    assert_archived_once(box, archive, s3, EXPECTED_TASKS, len(media))
+    blobs = tree_blobs(archive, logs)
     blobs += [*s3.items(), ("stdout", done.stdout.encode()), ("stderr", done.stderr.encode())]
     assert signed_query_hits(blobs) == []
 
