@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import pydantic
 import pytest
 import redis
 
+from worker.logs import configure_logging
 from worker.settings import load_settings
 from worker.store import PENDING_KEY, ReceiptStore
 
@@ -100,3 +103,13 @@ def test_claim_enqueued_stores_and_pushes_once(redis_client: redis.Redis) -> Non
     assert redis_client.lrange("q", 0, -1) == [b"m1"]
     assert redis_client.zcard(PENDING_KEY) == 0
     assert 0 < redis_client.ttl(store.key("t-5")) <= 600
+
+
+def test_stdlib_log_records_lose_signed_query_strings(caplog: pytest.LogCaptureFixture) -> None:
+    """A third-party library's log line keeps the URL but not its signing query string."""
+    configure_logging("json")
+    logging.getLogger("somelib").warning(
+        "fetched %s", "https://b.oss.aliyuncs.com/r.json?Expires=1&Signature=abc"
+    )
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages == ["fetched https://b.oss.aliyuncs.com/r.json"]

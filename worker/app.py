@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 from celery import Celery
-from kombu import Queue  # type: ignore[attr-defined]  # kombu has no type hints
+from kombu import Exchange, Queue  # type: ignore[attr-defined]  # kombu has no type hints
 
 from worker.logs import configure_logging
 from worker.queues import ARCHIVE_QUEUE, SUBMIT_QUEUE
@@ -60,6 +60,12 @@ class AsrCelery(Celery):  # type: ignore[misc]  # Celery is untyped
         return redis.Redis.from_url(self.settings.redis_url, health_check_interval=30)
 
 
+def _queue(name: str) -> Queue:
+    """A queue bound to its own direct exchange under its own name as routing key."""
+    exchange = Exchange(name, type="direct")  # type: ignore[no-untyped-call]  # kombu is untyped
+    return Queue(name, exchange, routing_key=name)  # type: ignore[no-untyped-call]  # likewise
+
+
 def beat_schedule(interval_s: float) -> dict[str, dict[str, Any]]:
     """:data:`BEAT_SCHEDULE` with every entry run each ``interval_s`` seconds.
 
@@ -91,9 +97,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_soft_time_limit": int(visibility * 0.8),
         "task_time_limit": int(visibility * 0.9),
         "task_default_queue": ARCHIVE_QUEUE,
-        "task_queues": [Queue(ARCHIVE_QUEUE), Queue(SUBMIT_QUEUE)],  # type: ignore[no-untyped-call]
+        "task_queues": [_queue(ARCHIVE_QUEUE), _queue(SUBMIT_QUEUE)],
         "task_create_missing_queues": False,
         "worker_hijack_root_logger": False,
+        "worker_redirect_stdouts": False,  # structlog writes JSON lines to stdout itself
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "beat_schedule": beat_schedule(settings.sweep_interval_seconds),

@@ -59,3 +59,23 @@ def configure_logging(log_format: str = "json", level: int = logging.INFO) -> No
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=level, stream=sys.stdout, format="%(levelname)s %(name)s %(message)s")
+    install_redaction(logging.getLogger())
+    # httpx logs every request line at INFO, signed query strings included.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+class RedactingFilter(logging.Filter):
+    """Remove URL query strings from stdlib log records (third-party libraries log URLs)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "?" in message and "://" in message:
+            record.msg, record.args = redact_urls(message), None
+        return True
+
+
+def install_redaction(logger: logging.Logger) -> None:
+    """Put a :class:`RedactingFilter` on every handler of ``logger`` (once each)."""
+    for handler in logger.handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
