@@ -231,7 +231,12 @@ class Archiver:
                 else:
                     destination.put_bytes(key, body.data or b"")
                 metrics.file_archived(destination.kind, body.size)
-            return {"key": key, "bytes": body.size, "sha256": body.sha256}
+            record = {"key": key, "bytes": body.size, "sha256": body.sha256}
+            if body.redacted:  # signed query strings removed (worker.scrub)
+                record.update(
+                    redacted=True, served_bytes=body.served_size, served_sha256=body.served_sha256
+                )
+            return record
 
     def _manifest(
         self, receipt: Receipt, model: str, status: str, files: list[dict[str, Any]]

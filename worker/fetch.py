@@ -35,6 +35,7 @@ import ijson
 
 from worker.errors import ExpiredLinkError, PermanentError, TransientError
 from worker.logs import strip_query
+from worker.scrub import StreamScrubber, scrub
 from worker.settings import Settings
 
 CHUNK_BYTES = 64 * 1024
@@ -44,16 +45,21 @@ MAX_REDIRECTS = 3
 
 @dataclass(frozen=True, slots=True)
 class FetchedBody:
-    """A downloaded, checked body of ``size`` bytes with hex ``sha256``.
+    """A downloaded, checked body of ``size`` bytes with hex ``sha256``, as it is to be stored.
 
     Bodies up to :data:`SMALL_JSON_BYTES` are in memory (``data``, ``path`` None); larger ones
-    are in the spool file ``path`` (``data`` None).
+    are in the spool file ``path`` (``data`` None). ``redacted`` is True when signed query
+    strings were removed (:mod:`worker.scrub`); ``served_size``/``served_sha256`` then describe
+    the body as the result host served it.
     """
 
     size: int
     sha256: str
     data: bytes | None = None
     path: Path | None = None
+    redacted: bool = False
+    served_size: int = 0
+    served_sha256: str = ""
 
     def read(self) -> bytes:
         """The whole body (tests and small bodies; a large one is read from its file)."""
@@ -86,6 +92,9 @@ class _Body:
         self.path: Path | None = None
         self._file: IO[bytes] | None = None
         self._parser: Any = None
+        self._scrubber = StreamScrubber()
+        self._stored = hashlib.sha256()
+        self._stored_size = 0
 
     def feed(self, chunk: bytes) -> None:
         self.size += len(chunk)
@@ -99,8 +108,13 @@ class _Body:
             self._spill()
         with _json_errors():
             self._parser.send(chunk)
+        self._write(self._scrubber.feed(chunk))
+
+    def _write(self, data: bytes) -> None:
         assert self._file is not None
-        self._file.write(chunk)
+        self._stored.update(data)
+        self._stored_size += len(data)
+        self._file.write(data)
 
     def _spill(self) -> None:
         handle, name = tempfile.mkstemp(prefix="result-", suffix=".json", dir=self.spool_dir)
@@ -110,19 +124,27 @@ class _Body:
         head, self.head = bytes(self.head), bytearray()
         with _json_errors():
             self._parser.send(head)
-        self._file.write(head)
+        self._write(self._scrubber.feed(head))
 
     def finish(self) -> FetchedBody:
         """Close the spool and check the JSON; the body, or :class:`PermanentError`."""
-        sha256 = self.digest.hexdigest()
+        served_sha256 = self.digest.hexdigest()
         if self._file is None:
             with _json_errors():
                 json.loads(self.head, parse_constant=_no_constants)
-            return FetchedBody(self.size, sha256, data=bytes(self.head))
+            data = scrub(bytes(self.head))
+            if len(data) == self.size:
+                return FetchedBody(self.size, served_sha256, data=data)
+            sha256 = hashlib.sha256(data).hexdigest()
+            return FetchedBody(len(data), sha256, data, None, True, self.size, served_sha256)
+        self._write(self._scrubber.flush())
         self._file.close()
         with _json_errors():
             self._parser.close()
-        return FetchedBody(self.size, sha256, path=self.path)
+        if not self._scrubber.changed:
+            return FetchedBody(self.size, served_sha256, path=self.path)
+        stored, size = self._stored.hexdigest(), self._stored_size
+        return FetchedBody(size, stored, None, self.path, True, self.size, served_sha256)
 
     def discard(self) -> None:
         """Close and remove the spool file, if any."""
