@@ -14,7 +14,14 @@ Labels stay low-cardinality: ``destination`` is the destination kind (``file``, 
 
 from __future__ import annotations
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
 from prometheus_client.multiprocess import MultiProcessCollector
 
 SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
@@ -63,10 +70,23 @@ def archived_lag(seconds: float) -> None:
     LAG_SECONDS.observe(max(0.0, seconds))
 
 
-def exposition(multiproc_dir: str | None = None) -> bytes:
-    """Prometheus text: summed over ``multiproc_dir`` when given, else this process's values."""
+def _registry(multiproc_dir: str | None) -> CollectorRegistry:
     if multiproc_dir is None:
-        return generate_latest(REGISTRY)
+        return REGISTRY
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=multiproc_dir)  # type: ignore[no-untyped-call]  # untyped in prometheus-client
-    return generate_latest(registry)
+    return registry
+
+
+def exposition(multiproc_dir: str | None = None) -> bytes:
+    """Prometheus text: summed over ``multiproc_dir`` when given, else this process's values."""
+    return generate_latest(_registry(multiproc_dir))
+
+
+def serve(port: int, multiproc_dir: str | None = None) -> None:
+    """Serve :func:`exposition` over HTTP on ``port`` (all interfaces) from a daemon thread.
+
+    With the prefork pool, set ``multiproc_dir`` so the pool processes' values are summed.
+    Raises :class:`OSError` when the port is taken.
+    """
+    start_http_server(port, registry=_registry(multiproc_dir))

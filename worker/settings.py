@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     sweep_interval_seconds: float = Field(30.0, gt=0)
     # prometheus-client's multi-process directory (gunicorn workers): /metrics sums its files.
     prometheus_multiproc_dir: str | None = None
+    # When set, each worker serves its archive metrics on this port (GET /metrics).
+    worker_metrics_port: int | None = Field(None, ge=1, le=65535)
 
     # Archiving.
     result_url_regex: str = DEFAULT_RESULT_URL_REGEX

@@ -26,7 +26,7 @@ import redis
 import structlog
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import task_prerun
+from celery.signals import task_prerun, worker_ready
 
 from worker import metrics
 from worker.archive import Archiver, Outcome, Progress
@@ -53,6 +53,14 @@ def _bind_task_context(task_id: str, task: Task, args: Any = (), **_: Any) -> No
     if task.name == ARCHIVE_TASK and args:
         bound["task_id"] = str(args[0])
     structlog.contextvars.bind_contextvars(**bound)
+
+
+@worker_ready.connect  # type: ignore[untyped-decorator]  # celery signals are untyped
+def _serve_metrics(sender: Any, **_: Any) -> None:
+    settings: Settings = sender.app.settings
+    if settings.worker_metrics_port is not None:
+        metrics.serve(settings.worker_metrics_port, settings.prometheus_multiproc_dir)
+        log.info("metrics served", port=settings.worker_metrics_port)
 
 
 @dataclass

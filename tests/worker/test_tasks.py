@@ -8,11 +8,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from asr_ingest.starters import free_port
 from tests.fixtures.objectstore import MotoProxy
 from tests.fixtures.worker import WorkerFactory, broker_url_for, wait_until
 from tests.support import task_events as te
@@ -252,3 +254,19 @@ def test_unreachable_destination_exhausts_retries(
     assert (letter.reason, letter.attempts) == ("destination_unavailable", 3)
     assert state(redis_client, "t-down") == "dead"
     assert worker.log().count("Retry in") == 2
+
+
+def test_worker_serves_its_metrics(
+    celery_worker_factory: WorkerFactory, archive_env: dict[str, str], producer: AsrCelery,
+    redis_client: redis.Redis, result_server: ResultServer, tmp_path: Path,
+) -> None:  # fmt: skip
+    """With WORKER_METRICS_PORT set, the worker's /metrics counts the files it archived."""
+    port = free_port()
+    url = result_server.add("/r/metrics.json", BODY)
+    celery_worker_factory({**archive_env, "WORKER_METRICS_PORT": str(port)}, concurrency=1)
+    output = te.batch_output("t-metrics", [te.ok(url)])
+    deliver(redis_client, producer, "t-metrics", te.event("t-metrics", "fun-asr", output))
+    wait_until(lambda: manifest(tmp_path, "t-metrics"), timeout_s=30)
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    assert 'asr_archive_files_total{destination="file"} 1.0' in text
+    assert 'asr_archive_files_total{destination="s3"} 1.0' in text
