@@ -30,6 +30,7 @@ from celery import Celery
 from asr_ingest.embedded import redis_server_binary
 from asr_ingest.stack import Child, ChildSpec, Probe
 from worker.queues import ARCHIVE_QUEUE, SUBMIT_QUEUE
+from worker.settings import broker_url_for
 
 LOCALHOST = "127.0.0.1"
 
@@ -58,18 +59,6 @@ def script(name: str) -> str:
     if found is None:
         raise FileNotFoundError(f"console script {name!r} not found; is asr-ingest installed?")
     return found
-
-
-def broker_url_for(redis_url: str) -> str:
-    """Kombu's spelling of a Redis URL: ``unix://PATH?db=N`` becomes ``redis+socket://PATH?virtual_host=N``.
-
-    redis-py understands ``unix://`` but kombu does not; other URLs are returned unchanged.
-    """
-    if not redis_url.startswith("unix://"):
-        return redis_url
-    path, _, query = redis_url[len("unix://") :].partition("?")
-    params = dict(part.split("=", 1) for part in query.split("&") if "=" in part)
-    return f"redis+socket://{path}?virtual_host={params.get('db', '0')}"
 
 
 def with_broker(env: Mapping[str, str]) -> dict[str, str]:
