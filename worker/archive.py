@@ -22,10 +22,13 @@ event, unknown model, a rejected query) gives a manifest with ``archive_error``.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -100,6 +103,8 @@ class Archiver:
     """Archive tasks to ``destinations``; ``query`` fetches a task when the event lacks it.
 
     ``guard`` is called before every write (the lease check: it raises when the lease is lost).
+    Up to ``file_concurrency`` result files of one task are downloaded and written at once
+    (httpx, boto3 and oss2 clients are shared by the threads; all are thread-safe).
     """
 
     def __init__(
@@ -110,12 +115,15 @@ class Archiver:
         query: QueryFn | None = None,
         guard: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
+        file_concurrency: int = 4,
     ) -> None:
         self.destinations = list(destinations)
         self.fetcher = fetcher
         self.query = query
         self.guard = guard
         self.clock = clock
+        self.file_concurrency = file_concurrency
+        self._fresh_lock = threading.Lock()
 
     def is_archived(self, task_id: str) -> bool:
         """True when ``<task_id>/manifest.json`` exists at every destination."""
@@ -170,18 +178,29 @@ class Archiver:
     def _files(
         self, event: TaskEvent, progress: Progress, final: bool
     ) -> tuple[list[dict[str, Any]], list[WorkerError]]:
-        files: list[dict[str, Any]] = []
+        entries = list(event.entries or ())
+        files = [_file_record(entry) for entry in entries]
+        fresh: dict[str, TaskEvent] = {}
+
+        def archive(n: int) -> WorkerError | None:
+            if not entries[n].succeeded:
+                return None
+            try:
+                files[n].update(self._archive_entry(event, entries[n], progress, fresh))
+            except WorkerError as exc:
+                return exc
+            return None
+
+        with ThreadPoolExecutor(max_workers=self.file_concurrency) as pool:
+            # each file in a copy of this context: log lines keep the bound task_id
+            futures = [
+                pool.submit(contextvars.copy_context().run, archive, n) for n in range(len(entries))
+            ]
+            outcomes = [future.result() for future in futures]
         errors: list[WorkerError] = []
         transient: list[TransientError] = []
-        fresh: dict[str, TaskEvent] = {}
-        for entry in event.entries or ():
-            record = _file_record(entry)
-            files.append(record)
-            if not entry.succeeded:
-                continue
-            try:
-                record.update(self._archive_entry(event, entry, progress, fresh))
-            except WorkerError as exc:
+        for record, exc in zip(files, outcomes, strict=True):
+            if exc is not None:
                 _record_failure(record, exc, final, errors, transient)
         if transient and not final:
             raise transient[0]
@@ -213,8 +232,9 @@ class Archiver:
         """``entry`` with a new link from one task query per run; None when there is none."""
         if self.query is None:
             return None
-        if "event" not in fresh:
-            fresh["event"] = with_output(event, self.query(event.task_id).get("output"))
+        with self._fresh_lock:  # files run in parallel; one query per run
+            if "event" not in fresh:
+                fresh["event"] = with_output(event, self.query(event.task_id).get("output"))
         for candidate in fresh["event"].entries or ():
             same = candidate.index == entry.index and candidate.succeeded
             if same and candidate.transcription_url != entry.transcription_url:

@@ -95,6 +95,8 @@ class Settings(BaseSettings):
     archive_stuck_after_seconds: int = Field(900, ge=1)
     # Bodies from this size (bytes) go to S3/OSS as multipart uploads of this part size.
     archive_multipart_bytes: int = Field(16 * 1024 * 1024, ge=5 * 1024 * 1024)
+    # Result files of one task downloaded and written at once.
+    archive_file_concurrency: int = Field(4, ge=1, le=32)
     # Directory for result bodies in flight (default: the system temporary directory).
     archive_spool_dir: str | None = None
     # Read/connect timeout (s) of one result download.

@@ -143,7 +143,13 @@ def _archive(task: Task, task_id: str, replay: bool) -> str:
     finished = True
     try:
         with lease:
-            archiver = Archiver(res.destinations, res.fetcher, query=res.query, guard=lease.check)
+            archiver = Archiver(
+                res.destinations,
+                res.fetcher,
+                query=res.query,
+                guard=lease.check,
+                file_concurrency=res.settings.archive_file_concurrency,
+            )
             outcome = _run(task, res, store, archiver, receipt, replay)
     except _Again as again:
         finished = False
