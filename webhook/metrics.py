@@ -42,11 +42,21 @@ class WebhookMetrics:
             buckets=LATENCY_BUCKETS_SECONDS,
             registry=self.registry,
         )
+        # Labelled children by (outcome, reason): ``labels()`` validates and looks them up
+        # under a lock on every call; the label sets are few and fixed.
+        self._children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
 
     def observe(self, outcome: str, reason: str, seconds: float) -> None:
         """Count one delivery and record its handling time in seconds."""
-        self.deliveries.labels(outcome=outcome, reason=reason).inc()
-        self.handling_seconds.labels(outcome=outcome).observe(seconds)
+        children = self._children.get((outcome, reason))
+        if children is None:
+            children = (
+                self.deliveries.labels(outcome=outcome, reason=reason),
+                self.handling_seconds.labels(outcome=outcome),
+            )
+            self._children[(outcome, reason)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def exposition(self) -> tuple[bytes, str]:
         """The Prometheus text exposition and its content type (summed across workers)."""

@@ -55,7 +55,11 @@ def configure_logging(log_format: str = "json", level: int = logging.INFO) -> No
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        # One write(2) per line: PrintLogger's print() writes the line and its newline
+        # separately when stdout is unbuffered (PYTHONUNBUFFERED=1, as in our image), so lines
+        # from processes sharing stdout (gunicorn workers) could interleave, and each line
+        # woke the log reader twice. No file argument: sys.stdout is looked up per line.
+        logger_factory=structlog.WriteLoggerFactory(),
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=level, stream=sys.stdout, format="%(levelname)s %(name)s %(message)s")
