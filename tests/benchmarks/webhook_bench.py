@@ -1,14 +1,15 @@
 """Benchmark: the webhook against a bare Flask endpoint, both under the same gunicorn settings.
 
 Run by ``make bench`` (``python tests/benchmarks/webhook_bench.py``). It starts an embedded
-Redis, an HTTPS certificate host, and gunicorn twice with identical flags: (a) a Flask app that
-answers 200 to any POST, (b) ``webhook:create_app()`` with real signatures (v2), unique
-``task_id``\\ s, real Redis and the default intake (broker = ``REDIS_URL``: claim and ``LPUSH``
-of the Celery message in one Lua script, :mod:`webhook.intake`). Client processes send
+Redis (AOF on, ``appendfsync everysec``: the durability of ``deploy/docker-compose.yml``), an
+HTTPS certificate host, and gunicorn twice with identical flags: (a) a Flask app that answers 200
+to any POST, (b) ``webhook.wsgi:app``, the Procfile's entrypoint, with real signatures (v2),
+unique ``task_id``\\ s, real Redis and the default intake (broker = ``REDIS_URL``: claim and
+``LPUSH`` of the Celery message in one Lua script, :mod:`webhook.intake`). Client processes send
 pre-signed raw HTTP/1.1 requests, first closed-loop (peak requests/s), then open-loop at half
 the peak rate (latency measured from each request's scheduled send time). It prints
-requests/s, p50 and p99 for both and the ratio (b)/(a). Targets (issue 2): ratio >= 0.8, p99
-< 25 ms at half the peak rate.
+requests/s, p50 and p99 for both, CPU per request of the gunicorn workers and of Redis, and the
+ratio (b)/(a). Targets (issue 2): ratio >= 0.8, p99 < 25 ms at half the peak rate.
 ``--profile`` profiles the webhook's request path in-process instead: each step of both intake
 paths (one round trip; claim → ``send_task`` → mark), then whole requests under cProfile.
 """
@@ -33,6 +34,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:  # run as a script: make the repository importable
     sys.path.insert(0, str(REPO_ROOT))
 
+import redis  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402  # after sys.path
 from cryptography.hazmat.primitives.serialization import load_pem_private_key  # noqa: E402
 from flask import Flask  # noqa: E402
@@ -189,24 +191,36 @@ def server_cpu_seconds(master_pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def redis_cpu_seconds(redis_url: str) -> float:
+    """CPU time (user + system, seconds) used so far by the Redis server (``INFO cpu``)."""
+    info = redis.Redis.from_url(redis_url).info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 @dataclass(frozen=True)
 class Measurement:
-    """One server's figures: the peak phase, the half-peak phase, CPU ms per peak request."""
+    """One server's figures: the peak phase, the half-peak phase, CPU ms per peak request of
+    the gunicorn workers and of Redis (which shares the machine's CPUs)."""
 
     peak: Result
     paced: Result
     cpu_ms: float
+    redis_cpu_ms: float
 
 
-def measure(master_pid: int, port: int, job: Job, clients: int, paced_s: float) -> Measurement:
+def measure(
+    master_pid: int, port: int, job: Job, clients: int, paced_s: float, redis_url: str
+) -> Measurement:
     """Peak (closed loop) then half-peak (open loop) phases; ``job`` is one client's peak share."""
-    cpu_before = server_cpu_seconds(master_pid)
+    cpu_before, redis_before = server_cpu_seconds(master_pid), redis_cpu_seconds(redis_url)
     peak = phase([job] * clients)
-    cpu_ms = (server_cpu_seconds(master_pid) - cpu_before) * 1000 / (job.count * clients)
+    requests = job.count * clients
+    cpu_ms = (server_cpu_seconds(master_pid) - cpu_before) * 1000 / requests
+    redis_cpu_ms = (redis_cpu_seconds(redis_url) - redis_before) * 1000 / requests
     rate = peak.rps / 2
     paced_job = Job(**{**job.__dict__, "count": max(50, int(rate * paced_s / clients))})
     paced = phase([Job(**{**paced_job.__dict__, "interval_s": clients / rate})] * clients)
-    return Measurement(peak, paced, cpu_ms)
+    return Measurement(peak, paced, cpu_ms, redis_cpu_ms)
 
 
 def main() -> None:
@@ -250,7 +264,7 @@ def webhook_env(redis_url: str, host: CertificateHost, directory: Path) -> dict[
 
 SERVERS = {
     "bare": "tests.benchmarks.webhook_bench:create_bare_app()",
-    "webhook": "webhook:create_app()",
+    "webhook": "webhook.wsgi:app",  # the Procfile's entrypoint (it freezes the GC)
 }
 
 
@@ -260,6 +274,7 @@ def compare(
     """Run both servers in turn, ``args.rounds`` times, and print the table and the ratio."""
     pem = (identity.private_key_pem, identity.certificate_pem)
     rows: list[tuple[str, Measurement]] = []
+    redis_url = env["REDIS_URL"]
     for _ in range(args.rounds):
         for name, ref in SERVERS.items():
             with Stack(sink=lambda _line: None, handle_signals=False) as stack:
@@ -268,7 +283,8 @@ def compare(
                 web = stack.start(gunicorn_spec(name, ref, port, child_env, args.workers))
                 cert_url, target = host.url(CERT_PATH), env["WEBHOOK_PUBLIC_URL"]
                 job = Job(port, args.requests // args.clients, pem, cert_url, target)
-                rows.append((name, measure(web.pid, port, job, args.clients, args.paced_seconds)))
+                figures = measure(web.pid, port, job, args.clients, args.paced_seconds, redis_url)
+                rows.append((name, figures))
     report(rows, args)
 
 
@@ -276,11 +292,13 @@ def report(rows: list[tuple[str, Measurement]], args: argparse.Namespace) -> Non
     """Print one line per run and the median ratio of peak requests/s (webhook / bare)."""
     print(f"gunicorn: {args.workers} sync workers; {args.clients} client processes;", end=" ")
     print(f"{os.cpu_count()} CPUs shared by servers, clients and Redis")
-    head = f"{'':9}{'req/s':>7}{'p50 ms':>8}{'p99 ms':>8}{'CPU ms/req':>11}{'errors':>7}"
+    head = f"{'':9}{'req/s':>7}{'p50 ms':>8}{'p99 ms':>8}{'CPU ms/req':>11}{'Redis':>6}"
+    head += f"{'errors':>7}"
     print(f"{head}  | at half peak:{'req/s':>6}{'p50 ms':>8}{'p99 ms':>8}")
     for name, m in rows:
         peak, paced = m.peak, m.paced
         row = f"{name:9}{peak.rps:7.0f}{peak.p50_ms:8.2f}{peak.p99_ms:8.2f}{m.cpu_ms:11.2f}"
+        row += f"{m.redis_cpu_ms:6.2f}"
         row += f"{peak.errors + paced.errors:7d}  | {'':13}{paced.rps:6.0f}"
         print(f"{row}{paced.p50_ms:8.2f}{paced.p99_ms:8.2f}")
 
@@ -290,7 +308,11 @@ def report(rows: list[tuple[str, Measurement]], args: argparse.Namespace) -> Non
     ratio = median("webhook", lambda m: m.peak.rps) / median("bare", lambda m: m.peak.rps)
     print(f"ratio webhook/bare, median peak req/s: {ratio:.2f} (target >= 0.8)")
     bare_cpu, hook_cpu = median("bare", lambda m: m.cpu_ms), median("webhook", lambda m: m.cpu_ms)
-    print(f"server CPU per request (median): bare {bare_cpu:.2f} ms, webhook {hook_cpu:.2f} ms")
+    print(
+        f"server CPU per request (median): bare {bare_cpu:.2f} ms, webhook {hook_cpu:.2f} ms",
+        end="",
+    )
+    print(f" (+ Redis {median('webhook', lambda m: m.redis_cpu_ms):.2f} ms)")
 
 
 def profile(env: dict[str, str], identity: Identity, host: CertificateHost) -> None:
