@@ -6,7 +6,8 @@ Delivery guarantees (Celery user guide, "Tasks" → ``acks_late``; kombu's Redis
   the task returns, and a worker killed mid-task puts it back on the queue. Tasks are
   idempotent, so running one twice is harmless.
 - Redis transport ``visibility_timeout`` (``BROKER_VISIBILITY_TIMEOUT_SECONDS``, default 3600 s):
-  an unacknowledged message is redelivered after this long. The hard time limit is 90 % of it
+  an unacknowledged message is redelivered after this long (within a further 10 s: workers scan
+  for such messages every 10 s). The hard time limit is 90 % of it
   and the soft limit 80 %, so a task is always killed before its message becomes visible again.
 - ``worker_prefetch_multiplier = 1``: a worker holds one unstarted message per process, so a
   dead worker strands at most that many for one visibility timeout.
@@ -85,7 +86,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return {
         "broker_url": settings.broker_url,
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {"visibility_timeout": visibility},
+        "broker_transport_options": {
+            "visibility_timeout": visibility,
+            # Scan for expired unacked messages every 10 s (kombu's default scans every
+            # 10 s x throttle 10), and let a dead worker's restore mutex lapse after 60 s
+            # instead of 300 s: a killed worker's messages come back soon after the timeout.
+            "unacked_restore_interval": 10,
+            "unacked_restore_throttle": 1,
+            "unacked_mutex_expire": 60,
+        },
         "task_serializer": "json",
         "accept_content": ["json"],
         "result_serializer": "json",

@@ -83,8 +83,11 @@ class Submitter:
         """
         done = self.store.batch_task(run_id, n)
         info = self.store.run_info(run_id)
-        if done is not None or info is None:
+        if done is not None:
+            self._mark_submitted(run_id, done)  # a crash may have come between record and marks
             return done
+        if info is None:
+            return None
         entries = self._upload_all(run_id, self.store.batch(run_id, n))
         model, parameters = info["model"], info["parameters"]
         fresh, prints = self._drop_duplicates(run_id, model, parameters, entries, info["force"])
@@ -97,6 +100,12 @@ class Submitter:
             self.store.set_file(run_id, entry.path, FileState("submitted", task_id, key=entry.key))
         log.info("batch_submitted", run_id=run_id, batch=n, task_id=task_id, files=len(fresh))
         return task_id
+
+    def _mark_submitted(self, run_id: str, task_id: str) -> None:
+        """Set every file of recorded task ``task_id`` to ``submitted`` (idempotent)."""
+        sub = self.store.load(task_id)
+        for entry in sub.files if sub is not None else []:
+            self.store.set_file(run_id, entry.path, FileState("submitted", task_id, key=entry.key))
 
     def resubmit(self, task_id: str, output: dict[str, Any]) -> list[str]:
         """Submit once more the files that failed in ``task_id`` (its query ``output``).

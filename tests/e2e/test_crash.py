@@ -61,7 +61,12 @@ def test_worker_killed_halfway_changes_nothing(
     box = make_sandbox(callback_url=public_url, duplicates=1, drop_fraction=0.1)
     archive = tmp_path / "archive"
     env = run_env(box, public_url, archive, s3_bucket, moto_endpoint)
-    env.update(REDIS_URL=redis_url, BROKER_VISIBILITY_TIMEOUT_SECONDS="10")
+    # Test-scale recovery times: redelivery after 10 s, a dead lease noticed after 20 s.
+    env.update(
+        REDIS_URL=redis_url,
+        BROKER_VISIBILITY_TIMEOUT_SECONDS="10",
+        ARCHIVE_STUCK_AFTER_SECONDS="20",
+    )
     stack.start_many(
         [webhook_spec(web_port, env), worker_spec(env, beat_schedule=tmp_path / "beat")]
     )
@@ -70,6 +75,9 @@ def test_worker_killed_halfway_changes_nothing(
     settings = load_settings()
     reports = submit_round_robin(settings, [str(tmp_path / "media")], MODELS, {}, force=False)
 
+    # Kill once every batch is submitted: a kill between DashScope's answer and our record of
+    # it would make the redelivered batch a second task (no idempotency key exists there).
+    wait_for(lambda: len(box.state()["submissions"]) == EXPECTED_TASKS, timeout=120)
     wait_for(lambda: len(local_manifests(archive)) >= EXPECTED_TASKS // 2, timeout=120)
     stack.kill("worker")
     stack.restart("worker")

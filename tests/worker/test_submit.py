@@ -20,7 +20,7 @@ from tests.worker.submit_support import (
 from worker.batching import plan_batches
 from worker.media import walk
 from worker.settings import Settings
-from worker.submissions import SubmissionStore
+from worker.submissions import FileState, SubmissionStore
 from worker.submitter import Submitter
 
 
@@ -189,3 +189,29 @@ def test_throttling_from_dashscope_is_retried(
     assert statuses.count(429) >= 1
     store = SubmissionStore(redis.Redis.from_url(redis_url), 3600)
     assert {s.state for s in store.file_states(run_id).values()} == {"submitted"}
+
+
+def test_redelivered_batch_after_crash_marks_its_files_submitted(
+    tmp_path: Path,
+    sample_paths: list[Path],
+    make_sandbox: Callable[..., Sandbox],
+    moto_endpoint: str,
+    s3_bucket: str,
+    redis_url: str,
+) -> None:
+    """A batch recorded but killed before its file marks is completed, not submitted twice."""
+    box = make_sandbox(use_ffprobe=False)
+    settings = submit_settings(redis_url, moto_endpoint, s3_bucket, box)
+    files = make_media(tmp_path / "in", sample_paths, 2)
+    client = redis.Redis.from_url(redis_url)
+    store = SubmissionStore(client, 3600)
+    accepted, _ = walk(files)
+    run_id = store.create_run("fun-asr", {}, plan_batches(accepted, "fun-asr", 100), [])
+    submitter = Submitter.from_settings(settings, client)
+    task_id = submitter.submit_batch(run_id, 0)
+    path = str(files[0].resolve())
+    store.set_file(run_id, path, FileState("uploaded", key=store.file_states(run_id)[path].key))
+
+    assert submitter.submit_batch(run_id, 0) == task_id
+    assert store.file_states(run_id)[path].state == "submitted"
+    assert len(box.state()["submissions"]) == 1
