@@ -1,8 +1,8 @@
 """``asr-ingest dlq list`` / ``asr-ingest dlq replay [ID ...]``: dead letters of archiving.
 
-A dead letter is an archive task that failed for good (`spec/contract.md`, "Command line");
-see :mod:`worker.dlq`. ``replay`` publishes a fresh archive message for each (all when no ID is
-given), to be picked up by a running worker.
+A dead letter is an archive task that failed for good (`docs/contract.md`, "Command line");
+see :mod:`worker.archiving.dlq`. ``replay`` publishes a fresh archive message for each
+(all when no ID is given), to be picked up by a running worker.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
+from core.queues import ARCHIVE_QUEUE, ARCHIVE_TASK
+from core.settings import load_settings
 from worker.app import create_celery
-from worker.dlq import DeadLetters, replay
-from worker.queues import ARCHIVE_QUEUE, ARCHIVE_TASK
-from worker.settings import load_settings
+from worker.archiving.dlq import DeadLetters, replay
 
 
 @click.group()

@@ -2,7 +2,7 @@
 
 A row's ``duration_ms`` comes from the archived result itself: Fun-ASR and Paraformer results
 carry ``properties.original_duration_in_milliseconds``; Qwen filetrans results only carry
-sentence timings, so their last ``end_time`` stands in (`spec/dashscope-transcription.md`,
+sentence timings, so their last ``end_time`` stands in (`docs/dashscope-transcription.md`,
 "The transcription result file").
 """
 
@@ -20,9 +20,9 @@ from rich.console import Console
 from rich.table import Table
 
 from asr_ingest.submit_cmd import ProgressView, SubmitReport
-from worker.destinations import open_destinations
-from worker.settings import Settings
-from worker.tracking import FileOutcome, OutcomeReader
+from core.settings import Settings
+from worker.archiving.destinations import open_destinations
+from worker.submission.tracking import FileOutcome, OutcomeReader
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,9 +43,9 @@ from asr_ingest.starters import (
     worker_spec,
 )
 from asr_ingest.submit_cmd import SubmitReport, submit_paths
-from worker.batching import parse_parameters
-from worker.media import SUPPORTED_FORMATS, walk
-from worker.settings import Settings, load_settings
+from core.settings import Settings, load_settings
+from worker.submission.batching import parse_parameters
+from worker.submission.media import SUPPORTED_FORMATS, walk
 
 DEFAULT_MODELS = ("fun-asr", "paraformer-v2", "qwen3-asr-flash-filetrans")
 SAMPLES = Path(__file__).resolve().parent.parent / "sandbox" / "samples"

@@ -35,7 +35,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-from worker.logs import redact_urls
+from core.logs import redact_urls
 
 Probe = Callable[[], bool]
 """A readiness check: True when ready. Exceptions count as "not yet"."""

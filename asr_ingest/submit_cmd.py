@@ -3,7 +3,7 @@
 The work is in plain functions that take settings and return data, so ``asr-ingest run``
 reuses them: :func:`submit_paths` (walk, plan, enqueue one task per batch) and
 :func:`wait_for` (poll each file's outcome, from the run record, the task's receipt and its
-archive manifest, see :mod:`worker.tracking`). Rendering (rich progress and tables) is
+archive manifest, see :mod:`worker.submission.tracking`). Rendering (rich progress and tables) is
 separate: :class:`ProgressView`, :func:`render_outcomes`.
 """
 
@@ -21,17 +21,17 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from core.errors import WorkerError
+from core.models import family_of
+from core.queues import SUBMIT_QUEUE
+from core.settings import Settings, load_settings
 from worker.app import create_celery
-from worker.batching import check_parameters, parse_parameters, plan_batches
-from worker.errors import WorkerError
-from worker.media import Rejection, walk
-from worker.models import family_of
-from worker.queues import SUBMIT_QUEUE
-from worker.settings import Settings, load_settings
-from worker.submissions import SubmissionStore
-from worker.tracking import FileOutcome, OutcomeReader, resubmit_task, task_status
+from worker.submission.batching import check_parameters, parse_parameters, plan_batches
+from worker.submission.media import Rejection, walk
+from worker.submission.submissions import SubmissionStore
+from worker.submission.tracking import FileOutcome, OutcomeReader, resubmit_task, task_status
 
-SUBMIT_BATCH_TASK = "asr_ingest.submit_batch"  # worker.submit_tasks.SUBMIT_BATCH_TASK
+SUBMIT_BATCH_TASK = "asr_ingest.submit_batch"  # worker.submission.tasks.SUBMIT_BATCH_TASK
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def submit_paths(
 ) -> SubmitReport:
     """Walk ``paths``, plan batches and enqueue one ``submit`` task per batch.
 
-    Raises :class:`worker.errors.PermanentError` (``unknown_model``) for an unknown model and
+    Raises :class:`core.errors.PermanentError` (``unknown_model``) for an unknown model and
     ``ValueError`` for a parameter of the wrong type; rejected files are reported, not raised.
     """
     family_of(model)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 # Submission limits per model family in requests/s (seeds' comparison table, as in
-# spec/dashscope-transcription.md "Limits"); qwen filetrans is not published: 10 is a guess.
+# docs/dashscope-transcription.md "Limits"); qwen filetrans is not published: 10 is a guess.
 DEFAULT_SUBMIT_RPS = {"fun-asr": 10.0, "paraformer": 20.0, "qwen3-asr-flash-filetrans": 10.0}
 
 
@@ -20,7 +20,7 @@ class SandboxConfig:
 
     Delivery (EventBridge): ``callback_url`` is where ``AsyncTaskFinish`` events go (``None``:
     no callbacks) and the URL signed over; ``signature_version`` is ``"v2"`` (RSA-SHA256) or
-    ``"v1"`` (HMAC-SHA1 with an RSA-wrapped secret), per spec/eventbridge-signature.md.
+    ``"v1"`` (HMAC-SHA1 with an RSA-wrapped secret), per docs/eventbridge-signature.md.
     ``sign_token_line`` and ``sign_trailing_newline`` choose among the documented string-to-sign
     forms. Retries follow EventBridge's exponential decay policy: ``retry_base_seconds`` doubling
     up to ``retry_max_seconds``, at most ``retry_max_attempts`` tries (the real service retries

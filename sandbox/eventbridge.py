@@ -1,10 +1,10 @@
 """EventBridge's side: build ``AsyncTaskFinish`` events and push them, signed, with retries.
 
-The event is the complete CloudEvents envelope of spec/dashscope-transcription.md ("The
+The event is the complete CloudEvents envelope of docs/dashscope-transcription.md ("The
 completion event"): ``source`` ``acs.dashscope``, ``type`` ``dashscope:System:AsyncTaskFinish``,
 ``data.user_api_unique_key`` ending in the model, China-time ``start_time``/``end_time``,
 ``contain_result: true`` and ``output_result.output`` (the task's query output). Pushes are
-signed per spec/eventbridge-signature.md (see :mod:`sandbox.signing`). A push that is not
+signed per docs/eventbridge-signature.md (see :mod:`sandbox.signing`). A push that is not
 answered 2xx is retried with exponential backoff (EventBridge's exponential decay policy).
 """
 

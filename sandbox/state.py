@@ -1,6 +1,6 @@
 """Tasks, subtasks and the record of everything the sandbox saw, with their JSON views.
 
-The query output follows spec/dashscope-transcription.md ("Querying a task"): ``task_status``
+The query output follows docs/dashscope-transcription.md ("Querying a task"): ``task_status``
 ``PENDING`` → ``RUNNING`` → ``SUCCEEDED`` (at least one file succeeded) or ``FAILED``
 (``PENDING`` → ``CANCELED`` when canceled),
 ``submit_time``/``scheduled_time``/``end_time`` as ``YYYY-MM-DD HH:MM:SS.mmm`` in China time

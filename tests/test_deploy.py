@@ -1,7 +1,6 @@
 """Deployment files parse and agree with the contract, the Procfile and the settings.
 
-The contract's facts (spec/contract.md: "Processes", "Environment variables") are copied below so
-the suite runs from a fresh clone; one test compares the copy with the contract when it is there.
+The contract's facts are read from docs/contract.md ("Processes", "Environment variables").
 """
 
 from __future__ import annotations
@@ -16,13 +15,13 @@ import pytest
 import yaml
 
 from asr_ingest.starters import beat_spec, webhook_spec, worker_spec
-from worker.queues import ARCHIVE_QUEUE, SUBMIT_QUEUE
-from worker.settings import Settings
-from worker.store import ReceiptState
+from core.queues import ARCHIVE_QUEUE, SUBMIT_QUEUE
+from core.settings import Settings
+from core.store import ReceiptState
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
-CONTRACT = ROOT.parent / "shared" / "spec" / "contract.md"
+CONTRACT = ROOT / "docs" / "contract.md"
 
 COMMANDS = {
     "web": "gunicorn webhook.wsgi:app",
@@ -30,14 +29,22 @@ COMMANDS = {
     "beat": "celery -A worker.celery_app beat",
     "flower": "celery -A worker.celery_app flower",
 }
-CONTRACT_VARIABLES = [
-    "REDIS_URL", "CELERY_BROKER_URL", "WEBHOOK_PUBLIC_URL", "WEBHOOK_MAX_BODY_BYTES",
-    "EVENTBRIDGE_SIGNATURE_TOKEN", "EVENTBRIDGE_CERT_URL_REGEX", "EVENTBRIDGE_MAX_SKEW_SECONDS",
-    "DEDUPE_TTL_SECONDS", "RESULT_URL_REGEX", "RESULT_MAX_BYTES", "ARCHIVE_URLS",
-    "S3_ENDPOINT_URL", "OSS_ENDPOINT", "OSS_ACCESS_KEY_ID", "OSS_ACCESS_KEY_SECRET", "MEDIA_URL",
-    "MEDIA_URL_EXPIRES_SECONDS", "DASHSCOPE_API_KEY", "DASHSCOPE_BASE_URL", "DASHSCOPE_QUERY_QPS",
-    "LOG_FORMAT",
-]  # fmt: skip
+
+
+def contract_variables() -> list[str]:
+    """The variables of docs/contract.md's "Environment variables" table, in order."""
+    text = CONTRACT.read_text()
+    rows = re.findall(r"^\| (`[A-Z0-9_]+`(?:, `[A-Z0-9_]+`)*) \|", text, re.MULTILINE)
+    return [name for row in rows for name in re.findall(r"`([A-Z0-9_]+)`", row)]
+
+
+CONTRACT_VARIABLES = contract_variables()
+PENDING_VARIABLES = {
+    "EVENTBRIDGE_REGIONS", "EVENTBRIDGE_CERT_SHA256", "EVENTBRIDGE_ACCOUNT_IDS",
+    "NOTIFY_URL", "NOTIFY_SECRET", "ASR_INGEST_HOME",
+}  # fmt: skip
+"""Contract variables whose features are still open issues; each landing removes its names."""
+IMPLEMENTED_VARIABLES = [name for name in CONTRACT_VARIABLES if name not in PENDING_VARIABLES]
 AWS_VARIABLES = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}
 SETTING_VARIABLES = sorted(name.upper() for name in Settings.model_fields)
 WEB_PORT, FLOWER_PORT = 8000, 5555
@@ -224,7 +231,7 @@ def test_k8s_configuration_names_are_settings() -> None:
 def test_env_example_lists_every_variable() -> None:
     """.env.example names every contract and settings variable, and nothing else."""
     names = set(env_example())
-    assert set(CONTRACT_VARIABLES) <= names
+    assert set(IMPLEMENTED_VARIABLES) <= names
     assert set(SETTING_VARIABLES) <= names, set(SETTING_VARIABLES) - names
     assert names <= set(SETTING_VARIABLES) | AWS_VARIABLES
 
@@ -243,7 +250,7 @@ def test_readme_configuration_table_is_complete() -> None:
     """The README's configuration table has a row for every contract and settings variable."""
     readme = (ROOT / "README.md").read_text()
     rows = set(re.findall(r"^\| `([A-Z][A-Z0-9_]*)`", readme, re.MULTILINE))
-    missing = (set(CONTRACT_VARIABLES) | set(SETTING_VARIABLES)) - rows
+    missing = (set(IMPLEMENTED_VARIABLES) | set(SETTING_VARIABLES)) - rows
     assert not missing, missing
 
 
@@ -274,13 +281,15 @@ def test_starters_follow_contract(tmp_path: Path) -> None:
     assert specs["web"].url == "http://127.0.0.1:8123"
 
 
-def test_copied_contract_matches_the_contract() -> None:
-    """The commands and variables copied here are those of spec/contract.md."""
-    if not CONTRACT.is_file():
-        pytest.skip("spec/contract.md is not beside this checkout")
-    text = CONTRACT.read_text()
-    table = dict(re.findall(r"^\| \w+ \| `([^`]+)`[^|]*\| `(\w+)` \|$", text, re.MULTILINE))
-    assert {name: command for command, name in table.items()} == COMMANDS
-    variables = re.findall(r"^\| (`[A-Z0-9_]+`(?:, `[A-Z0-9_]+`)*) \|", text, re.MULTILINE)
-    names = [name for row in variables for name in re.findall(r"`([A-Z0-9_]+)`", row)]
-    assert names == CONTRACT_VARIABLES
+def test_contract_processes_are_the_procfile_commands() -> None:
+    """The commands used here are those of docs/contract.md's "Processes" table."""
+    table = re.findall(
+        r"^\| \w+ \| `([^`]+)`[^|]*\| `(\w+)` \|$", CONTRACT.read_text(), re.MULTILINE
+    )
+    assert {name: command for command, name in table} == COMMANDS
+
+
+def test_pending_contract_variables_are_not_settings_yet() -> None:
+    """A pending variable is in the contract and not yet a setting (drop it once it lands)."""
+    assert set(CONTRACT_VARIABLES) >= PENDING_VARIABLES
+    assert not PENDING_VARIABLES & set(SETTING_VARIABLES)

@@ -8,9 +8,9 @@ import pydantic
 import pytest
 import redis
 
-from worker.logs import configure_logging
-from worker.settings import load_settings
-from worker.store import PENDING_KEY, ReceiptStore
+from core.logs import configure_logging
+from core.settings import load_settings
+from core.store import PENDING_KEY, ReceiptStore
 
 
 def test_settings_read_contract_names(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,6 +1,6 @@
 """Fetch EventBridge signing certificates safely and cache their public keys per URL.
 
-Rules from `spec/eventbridge-signature.md` ("Verifying v2", steps 2-3): the certificate URL must
+Rules from `docs/eventbridge-signature.md` ("Verifying v2", steps 2-3): the certificate URL must
 match the trusted pattern (``EVENTBRIDGE_CERT_URL_REGEX``, whole-string match) *before* any
 fetch, so a forged header cannot make us request an arbitrary URL (SSRF); the fetch has a short
 timeout, a small size cap and follows no redirects; the body is parsed as an X.509 PEM

@@ -10,7 +10,7 @@
         ├── StoreUnavailable         ``redis_unavailable``: the receipt could not be stored
         └── BrokerUnavailable        ``broker_unavailable``: the archive message was not published
 
-Reasons of :class:`SignatureError` are the contract's (`spec/contract.md`, "HTTP interface"):
+Reasons of :class:`SignatureError` are the contract's (`docs/contract.md`, "HTTP interface"):
 ``missing_signature``, ``bad_timestamp``, ``expired``, ``untrusted_certificate_url``,
 ``bad_signature``, ``bad_token``. ``reason`` feeds the JSON answer, logs and metric labels.
 Third-party exceptions (httpx, cryptography, redis, kombu) are wrapped with ``raise ... from``

@@ -1,6 +1,6 @@
 """Parse a verified EventBridge delivery body into the few fields intake needs.
 
-Envelope and fields from `spec/dashscope-transcription.md` ("The AsyncTaskFinish event"): a
+Envelope and fields from `docs/dashscope-transcription.md` ("The AsyncTaskFinish event"): a
 CloudEvents object whose ``type`` is ``dashscope:System:AsyncTaskFinish``; ``data.task_id`` is
 the deduplication key; the model is the last ``:`` segment of ``data.user_api_unique_key``.
 Runs only on bodies whose signature verified. Imports neither Flask nor Celery.
@@ -12,8 +12,8 @@ import json
 import re
 from dataclasses import dataclass
 
+from core.models import model_from_api_key
 from webhook.errors import EventError
-from worker.models import model_from_api_key
 
 ASYNC_TASK_FINISH = "dashscope:System:AsyncTaskFinish"
 

@@ -1,6 +1,6 @@
 """Exactly-once intake: store the receipt in Redis and leave one archive message, or answer 503.
 
-Two paths (receipt states in :mod:`worker.store`); :func:`create_intake` picks one per app.
+Two paths (receipt states in :mod:`core.store`); :func:`create_intake` picks one per app.
 
 **One round trip** (:class:`AtomicIntake`), when the Celery broker is the Redis database of
 ``REDIS_URL`` (the default; :func:`webhook.messages.broker_is_redis_store`). One Lua script
@@ -39,12 +39,12 @@ from typing import Any, Literal, Protocol
 import redis
 import structlog
 
+from core.queues import ARCHIVE_QUEUE, ARCHIVE_TASK
+from core.settings import Settings
+from core.store import ReceiptStore
 from webhook.errors import BrokerUnavailable, StoreUnavailable
 from webhook.events import Event
 from webhook.messages import ArchiveMessages, broker_is_redis_store
-from worker.queues import ARCHIVE_QUEUE, ARCHIVE_TASK
-from worker.settings import Settings
-from worker.store import ReceiptStore
 
 log = structlog.get_logger(__name__)
 
@@ -71,7 +71,7 @@ class Intake(Protocol):
 def create_intake(settings: Settings, store: ReceiptStore, celery: Any) -> Intake:
     """The one-round-trip intake when the broker is ``REDIS_URL``'s database, else publishing.
 
-    ``celery`` is the app from :func:`worker.create_celery`. Logs ``intake_path`` once.
+    ``celery`` is the app from :func:`core.broker.publisher`. Logs ``intake_path`` once.
     """
     if broker_is_redis_store(settings):
         try:
@@ -115,7 +115,7 @@ class AtomicIntake:
 def archive_publisher(celery: Any) -> Publish:
     """A function that publishes the archive message for one ``task_id`` by task name.
 
-    ``celery`` is the app from :func:`worker.create_celery`; only the ``task_id`` (str) crosses
+    ``celery`` is the app from :func:`core.broker.publisher`; only the ``task_id`` (str) crosses
     the broker. Raises whatever kombu raises when the broker is unreachable.
     """
 

@@ -3,7 +3,7 @@
 When the Celery broker is the Redis database of ``REDIS_URL`` (the default: ``CELERY_BROKER_URL``
 unset), a queue is a Redis list and publishing is one ``LPUSH`` of a JSON document (kombu
 ``transport/redis.py``, ``Channel._put``), so the webhook can claim the receipt and push the
-message in one Lua script (:meth:`worker.store.ReceiptStore.claim_enqueued`).
+message in one Lua script (:meth:`core.store.ReceiptStore.claim_enqueued`).
 
 :class:`ArchiveMessages` builds that document with Celery's and kombu's own code, once: it
 calls ``celery.send_task`` on a kombu connection whose transport records what would be
@@ -42,8 +42,8 @@ from kombu.transport.redis import Channel as RedisChannel
 from kombu.utils.json import dumps
 from redis.connection import parse_url
 
-from worker.queues import ARCHIVE_QUEUE, ARCHIVE_TASK
-from worker.settings import Settings
+from core.queues import ARCHIVE_QUEUE, ARCHIVE_TASK
+from core.settings import Settings
 
 _TASK_ID = "asrTASKIDasr"  # sentinels: plain characters, so JSON and repr keep them verbatim
 _CELERY_ID = "asrCELERYIDasr"
@@ -84,7 +84,7 @@ class _CaptureTransport(memory.Transport):
 
 class ArchiveMessages:
     """``asr_ingest.archive(task_id)`` messages on queue ``archive``, as stored by kombu's Redis
-    transport; built once from ``celery`` (the app of :func:`worker.create_celery`).
+    transport; built once from ``celery`` (the app of :func:`core.broker.publisher`).
 
     Raises :class:`RuntimeError` at construction when Celery's message is not the expected one
     (``body_encoding`` other than base64, or a field it fills in missing).

@@ -1,6 +1,6 @@
 """Verify EventBridge HTTP push signatures on the raw request bytes.
 
-Every protocol fact here comes from `spec/eventbridge-signature.md` (EventBridge's "signature
+Every protocol fact here comes from `docs/eventbridge-signature.md` (EventBridge's "signature
 algorithm" pages, the Java SDK ``aliyun/alibabacloud-eventbridge-sdk`` and the v2 demo receiver
 ``aliyuneventbridge/eb-http-target``):
 

@@ -1,7 +1,7 @@
 """HTTP routes: the EventBridge callback, health checks and metrics.
 
 The callback is a thin edge: verify the raw bytes → parse → store → enqueue → respond, then one
-canonical log line and the metrics. Answers are the contract's (`spec/contract.md`, "HTTP
+canonical log line and the metrics. Answers are the contract's (`docs/contract.md`, "HTTP
 interface of the webhook"). Signature material and tokens are never logged.
 """
 
@@ -17,6 +17,7 @@ import structlog
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from core.settings import Settings
 from webhook.certificates import CertificateCache
 from webhook.errors import WebhookError
 from webhook.events import parse_event
@@ -24,7 +25,6 @@ from webhook.health import HEALTH_JSON, broker_answers, readiness, redis_answers
 from webhook.intake import Intake
 from webhook.metrics import WebhookMetrics
 from webhook.signature import verify_delivery
-from worker.settings import Settings
 
 EXTENSION = "asr_webhook"
 log = structlog.get_logger("webhook.delivery")

@@ -21,26 +21,25 @@ from typing import Any
 
 import redis
 from celery import Celery
-from kombu import Exchange, Queue  # type: ignore[attr-defined]  # kombu has no type hints
 
-from worker.logs import configure_logging
-from worker.queues import ARCHIVE_QUEUE, SUBMIT_QUEUE
-from worker.settings import Settings, load_settings
+from core.broker import broker_config
+from core.logs import configure_logging
+from core.settings import Settings, load_settings
 
 TASK_MODULES: list[str] = [
-    "worker.submit_tasks",
-    "worker.tasks",
+    "worker.submission.tasks",
+    "worker.archiving.tasks",
 ]
 """Modules holding ``shared_task`` definitions, imported by the worker at start."""
 
 BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
-    # worker.reconcile: archive submitted tasks whose completion event never came.
+    # worker.submission.reconcile: archive submitted tasks whose completion event never came.
     "reconcile-submitted-tasks": {
         "task": "asr_ingest.reconcile",
         "schedule": 30.0,
         "options": {"queue": "submit", "expires": 25.0},
     },
-    # worker.tasks: re-enqueue receipts that never reached a worker and stuck archiving.
+    # worker.archiving.tasks: re-enqueue receipts that never reached a worker and stuck archiving.
     "archive-sweep": {
         "task": "asr_ingest.archive_sweep",
         "schedule": 30.0,
@@ -61,12 +60,6 @@ class AsrCelery(Celery):  # type: ignore[misc]  # Celery is untyped
         return redis.Redis.from_url(self.settings.redis_url, health_check_interval=30)
 
 
-def _queue(name: str) -> Queue:
-    """A queue bound to its own direct exchange under its own name as routing key."""
-    exchange = Exchange(name, type="direct")  # type: ignore[no-untyped-call]  # kombu is untyped
-    return Queue(name, exchange, routing_key=name)  # type: ignore[no-untyped-call]  # likewise
-
-
 def beat_schedule(interval_s: float) -> dict[str, dict[str, Any]]:
     """:data:`BEAT_SCHEDULE` with every entry run each ``interval_s`` seconds.
 
@@ -84,30 +77,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery configuration for ``settings`` (see the module docstring for the reasoning)."""
     visibility = settings.broker_visibility_timeout_seconds
     return {
-        "broker_url": settings.broker_url,
-        "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {
-            "visibility_timeout": visibility,
-            # Scan for expired unacked messages every 10 s (kombu's default scans every
-            # 10 s x throttle 10), and let a dead worker's restore mutex lapse after 60 s
-            # instead of 300 s: a killed worker's messages come back soon after the timeout.
-            "unacked_restore_interval": 10,
-            "unacked_restore_throttle": 1,
-            "unacked_mutex_expire": 60,
-        },
-        "task_serializer": "json",
-        "accept_content": ["json"],
-        "result_serializer": "json",
-        "task_ignore_result": True,
-        "result_backend": None,
+        **broker_config(settings),
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "task_soft_time_limit": int(visibility * 0.8),
         "task_time_limit": int(visibility * 0.9),
-        "task_default_queue": ARCHIVE_QUEUE,
-        "task_queues": [_queue(ARCHIVE_QUEUE), _queue(SUBMIT_QUEUE)],
-        "task_create_missing_queues": False,
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,  # structlog writes JSON lines to stdout itself
         "worker_send_task_events": True,

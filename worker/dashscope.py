@@ -1,6 +1,6 @@
 """A small DashScope REST client for file transcription: submit a task, query a task.
 
-Protocol facts come from `spec/dashscope-transcription.md`:
+Protocol facts come from `docs/dashscope-transcription.md`:
 
 - submit: ``POST {base}/services/audio/asr/transcription`` with ``Authorization: Bearer``,
   ``X-DashScope-Async: enable`` (required) and optionally ``X-DashScope-WorkSpace``; body
@@ -13,9 +13,9 @@ Protocol facts come from `spec/dashscope-transcription.md`:
 - errors: JSON ``{"request_id", "code", "message"}`` with a non-200 status; 429 (``Throttling``),
   500, 502, 503, 504 and timeouts are retryable, other 4xx are permanent.
 
-Errors raised: :class:`worker.errors.TransientError` (reason ``dashscope_throttled``,
+Errors raised: :class:`core.errors.TransientError` (reason ``dashscope_throttled``,
 ``dashscope_unavailable`` or ``dashscope_network``) once the bounded retries are spent, and
-:class:`DashScopeError` (a :class:`worker.errors.PermanentError`) for other 4xx answers or an
+:class:`DashScopeError` (a :class:`core.errors.PermanentError`) for other 4xx answers or an
 answer that is not the documented JSON.
 
 A submit retried after a timeout may, in the rare case the first request did reach DashScope,
@@ -29,9 +29,9 @@ from typing import Any
 import httpx
 import tenacity
 
-from worker.errors import PermanentError, TransientError
-from worker.models import is_single_file
-from worker.settings import Settings
+from core.errors import PermanentError, TransientError
+from core.models import is_single_file
+from core.settings import Settings
 
 _RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 

@@ -9,7 +9,7 @@ webhook's ``/metrics``) sums them. Only counters and histograms are used, so no 
 clean-up is needed when a process exits.
 
 Labels stay low-cardinality: ``destination`` is the destination kind (``file``, ``s3``,
-``oss``), ``reason`` an error reason of :mod:`worker.errors`, ``outcome`` a task outcome.
+``oss``), ``reason`` an error reason of :mod:`core.errors`, ``outcome`` a task outcome.
 """
 
 from __future__ import annotations

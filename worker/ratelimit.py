@@ -1,7 +1,7 @@
 """A token bucket kept in Redis, shared by every process that uses the same key.
 
 Used for the DashScope query budget (``DASHSCOPE_QUERY_QPS``, account limit 20 QPS per
-`spec/dashscope-transcription.md`, "Querying a task") and the per-model submission limits.
+`docs/dashscope-transcription.md`, "Querying a task") and the per-model submission limits.
 The refill clock is Redis's own ``TIME``, so processes on different machines agree.
 """
 
@@ -11,7 +11,7 @@ import time
 
 import redis
 
-from worker.errors import TransientError
+from core.errors import TransientError
 
 # KEYS[1] bucket hash; ARGV: rate (tokens/s), burst (tokens), ttl (s).
 # Returns 0 when a token was taken, else the wait in microseconds until one is available.

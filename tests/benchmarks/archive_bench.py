@@ -38,12 +38,12 @@ import httpx  # noqa: E402
 import redis  # noqa: E402
 
 from asr_ingest.embedded import EmbeddedRedis  # noqa: E402
+from core.queues import ARCHIVE_QUEUE, ARCHIVE_TASK  # noqa: E402
+from core.settings import load_settings  # noqa: E402
+from core.store import ReceiptStore  # noqa: E402
 from tests.fixtures.worker import CELERY, WorkerProcess, broker_url_for  # noqa: E402
 from tests.support import task_events as te  # noqa: E402
 from worker import create_celery  # noqa: E402
-from worker.queues import ARCHIVE_QUEUE, ARCHIVE_TASK  # noqa: E402
-from worker.settings import load_settings  # noqa: E402
-from worker.store import ReceiptStore  # noqa: E402
 
 FILES = int(os.environ.get("BENCH_FILES", "500"))
 TASKS = int(os.environ.get("BENCH_TASKS", "20"))

@@ -5,8 +5,8 @@ embedded Redis, moto (a child process) as OSS, the sandbox in this process with 
 of 20 requests/s for Paraformer (tasks never start: only submission is measured), and a real
 Celery worker (4 threads, each batch uploading with ``UPLOAD_THREADS`` threads).
 
-1. Upload alone: the same files uploaded by :class:`worker.media.MediaBucket` with the same
-   parallelism (4 x ``UPLOAD_THREADS`` threads), to another prefix.
+1. Upload alone: the same files uploaded by :class:`worker.submission.media.MediaBucket`
+   with the same parallelism (4 x ``UPLOAD_THREADS`` threads), to another prefix.
 2. The pipeline: ``submit_paths`` (walk, plan, enqueue 100 batches) until the last batch is
    submitted, with ``SUBMIT_RATES`` at 20/s for Paraformer.
 
@@ -35,11 +35,11 @@ from asr_ingest.embedded import EmbeddedRedis  # noqa: E402
 from asr_ingest.stack import Stack  # noqa: E402
 from asr_ingest.starters import broker_url_for, free_port, moto_spec, worker_spec  # noqa: E402
 from asr_ingest.submit_cmd import submit_paths  # noqa: E402
+from core.settings import load_settings  # noqa: E402
 from sandbox.config import SandboxConfig  # noqa: E402
 from sandbox.server import Sandbox  # noqa: E402
-from worker.media import MediaBucket, sha256_of, walk  # noqa: E402
-from worker.settings import load_settings  # noqa: E402
-from worker.submissions import SubmissionStore  # noqa: E402
+from worker.submission.media import MediaBucket, sha256_of, walk  # noqa: E402
+from worker.submission.submissions import SubmissionStore  # noqa: E402
 
 MODEL = "paraformer-v2"
 RATE = 20.0

@@ -321,14 +321,14 @@ def profile(env: dict[str, str], identity: Identity, host: CertificateHost) -> N
     Prints mean wall and CPU microseconds per step: verify, parse, then the one-round-trip
     intake (render the message, claim + push) and the publishing one (claim, publish, mark).
     """
+    from core.settings import load_settings
+    from core.store import ReceiptStore
     from webhook import create_app
     from webhook.events import parse_event
     from webhook.intake import archive_publisher
     from webhook.messages import ArchiveMessages
     from webhook.signature import verify_delivery
     from webhook.views import EXTENSION
-    from worker.settings import load_settings
-    from worker.store import ReceiptStore
 
     os.environ["SSL_CERT_FILE"] = env["SSL_CERT_FILE"]
     app = create_app(

@@ -20,6 +20,7 @@ from asr_ingest.outcomes import follow_runs
 from asr_ingest.run import submit_round_robin
 from asr_ingest.stack import Stack
 from asr_ingest.starters import free_port, webhook_spec, worker_spec
+from core.settings import load_settings
 from sandbox.server import Sandbox
 from tests.e2e.support import (
     MODELS,
@@ -32,7 +33,6 @@ from tests.e2e.support import (
 )
 from tests.e2e.test_run import EXPECTED_TASKS, FILES, run_env
 from tests.fixtures.sandbox import wait_for
-from worker.settings import load_settings
 
 pytestmark = pytest.mark.e2e
 

@@ -9,12 +9,12 @@ import pytest
 import redis
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from core.settings import load_settings
 from sandbox.server import Sandbox
 from tests.fixtures.sandbox import MediaServer, wait_for
 from tests.fixtures.worker import broker_url_for
 from tests.sandbox.test_callbacks import submit
 from webhook import create_app
-from worker.settings import load_settings
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Sign deliveries the way EventBridge does, for tests; shares no code with ``webhook/``.
 
-Written from `spec/eventbridge-signature.md` alone: the string-to-sign is spelled out here
+Written from `docs/eventbridge-signature.md` alone: the string-to-sign is spelled out here
 line by line, v2 signs it with RSA PKCS#1 v1.5 / SHA-256, and v1 pads a one-time secret with
 PKCS#1 v1.5 type 1 and applies the raw RSA private operation (textbook ``m^d mod n``), then
 HMAC-SHA1s the string with it. :class:`CertificateHost` serves the signing certificate over

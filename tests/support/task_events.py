@@ -1,6 +1,6 @@
 """Build DashScope completion events and result files as the spec documents them.
 
-Shapes from `spec/dashscope-transcription.md` ("The completion event", "Querying a task",
+Shapes from `docs/dashscope-transcription.md` ("The completion event", "Querying a task",
 "The transcription result file"). Test data only; no code shared with the parser under test.
 """
 

@@ -13,9 +13,9 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
+from core.settings import Settings, load_settings
 from tests.support.eventbridge_signer import CertificateHost, Identity, Route, Signer, make_identity
 from webhook import create_app
-from worker.settings import Settings, load_settings
 
 TARGET_URL = "https://hooks.example.test/callbacks/eventbridge"
 CERT_PATH = "/certs/eventbridge.pem"

@@ -12,12 +12,12 @@ import redis
 from flask.testing import FlaskClient
 from structlog.testing import capture_logs
 
+from core.queues import ARCHIVE_TASK
+from core.settings import Settings
+from core.store import PENDING_KEY, ReceiptStore
 from tests.support.eventbridge_signer import CertificateHost, Identity, Route, Signer
 from tests.webhook.conftest import CERT_PATH, TARGET_URL, archive_messages, changed, event_body
 from webhook import create_app
-from worker.queues import ARCHIVE_TASK
-from worker.settings import Settings
-from worker.store import PENDING_KEY, ReceiptStore
 
 CALLBACK = "/callbacks/eventbridge"
 

@@ -10,6 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from core.settings import DEFAULT_CERT_URL_REGEX
 from tests.support.eventbridge_signer import CertificateHost, Identity, Route, make_identity
 from tests.webhook.conftest import CERT_PATH, cert_url_regex
 from webhook.certificates import (
@@ -19,7 +20,6 @@ from webhook.certificates import (
     parse_public_key,
 )
 from webhook.errors import CertificateUnavailable, SignatureError
-from worker.settings import DEFAULT_CERT_URL_REGEX
 
 
 class Clock:

@@ -14,9 +14,9 @@ import redis
 from asr_ingest.embedded import EmbeddedRedis
 from asr_ingest.stack import Child, Stack
 from asr_ingest.starters import free_port, webhook_spec
+from core.store import PENDING_KEY
 from tests.support.eventbridge_signer import CertificateHost, Signer
 from tests.webhook.conftest import TARGET_URL, archive_messages, cert_url_regex, event_body
-from worker.store import PENDING_KEY
 
 pytestmark = pytest.mark.e2e
 

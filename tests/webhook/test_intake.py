@@ -10,13 +10,13 @@ import pytest
 import redis
 
 from asr_ingest.embedded import EmbeddedRedis
+from core.broker import publisher
+from core.settings import broker_url_for, load_settings
+from core.store import PENDING_KEY, ReceiptStore
 from tests.webhook.conftest import archive_messages
-from webhook import publishing_celery
 from webhook.errors import BrokerUnavailable
 from webhook.events import Event
 from webhook.intake import PublishingIntake, archive_publisher
-from worker.settings import broker_url_for, load_settings
-from worker.store import PENDING_KEY, ReceiptStore
 
 EVENT = Event(type="dashscope:System:AsyncTaskFinish", event_id="e-1", task_id="t-1", model="m")
 
@@ -82,7 +82,7 @@ def test_parallel_takes_on_publish_path_leave_one_message(
     broker_url = broker_url_for(redis_url).replace("virtual_host=0", "virtual_host=1")
     settings = load_settings(redis_url=redis_url, celery_broker_url=broker_url)
     intake = PublishingIntake(
-        ReceiptStore(redis_client, 600), archive_publisher(publishing_celery(settings))
+        ReceiptStore(redis_client, 600), archive_publisher(publisher(settings))
     )
     barrier = threading.Barrier(50)
     outcomes: list[str] = []

@@ -13,19 +13,20 @@ import redis
 from flask.testing import FlaskClient
 
 from asr_ingest.embedded import EmbeddedRedis
+from core.broker import publisher
+from core.settings import Settings, broker_url_for, load_settings
+from core.store import PENDING_KEY, ReceiptStore
 from tests.fixtures.worker import WorkerFactory, wait_until
 from tests.support import task_events as te
 from tests.support.eventbridge_signer import Signer
 from tests.support.result_server import ResultServer
 from tests.webhook.conftest import archive_messages, changed
-from webhook import create_app, publishing_celery
+from webhook import create_app
 from webhook.errors import StoreUnavailable
 from webhook.events import Event
 from webhook.intake import AtomicIntake, PublishingIntake
 from webhook.messages import ArchiveMessages, broker_is_redis_store
 from webhook.views import EXTENSION
-from worker.settings import Settings, broker_url_for, load_settings
-from worker.store import PENDING_KEY, ReceiptStore
 
 CALLBACK = "/callbacks/eventbridge"
 BODY = te.result_file(words=50)
@@ -50,7 +51,7 @@ def test_rendered_message_equals_celery_publish(
     settings: Settings, redis_client: redis.Redis
 ) -> None:
     """The pushed document is what send_task stores on the Redis list, but for fresh ids."""
-    celery = publishing_celery(settings)
+    celery = publisher(settings)
     celery.send_task("asr_ingest.archive", args=["t-same"], queue="archive")
     published = decoded(redis_client.rpop("archive"))  # type: ignore[arg-type]  # bytes here
     messages = ArchiveMessages(celery)
@@ -70,7 +71,7 @@ def test_kombu_consumer_requeues_rendered_message(
     settings: Settings, redis_client: redis.Redis
 ) -> None:
     """kombu's own consumer reads a pushed message, and a reject with requeue restores it."""
-    celery = publishing_celery(settings)
+    celery = publisher(settings)
     messages = ArchiveMessages(celery)
     pushed = messages.render("t-requeue")
     redis_client.lpush(messages.queue_key, pushed)
@@ -90,14 +91,14 @@ def test_kombu_consumer_requeues_rendered_message(
 
 def test_render_refuses_task_id_needing_escapes(settings: Settings) -> None:
     """A task_id with quotes or backslashes is refused rather than spliced into the JSON."""
-    messages = ArchiveMessages(publishing_celery(settings))
+    messages = ArchiveMessages(publisher(settings))
     with pytest.raises(ValueError, match="escaping"):
         messages.render('t"1\\')
 
 
 def test_global_keyprefix_prefixes_the_list(settings: Settings) -> None:
     """kombu's global_keyprefix transport option is honoured in the list key."""
-    celery = publishing_celery(settings)
+    celery = publisher(settings)
     celery.conf.broker_transport_options = {"global_keyprefix": "pfx:"}
     assert ArchiveMessages(celery).queue_key == "pfx:archive"
 
@@ -158,7 +159,7 @@ def test_redis_down_stores_and_pushes_nothing(private_redis: EmbeddedRedis) -> N
     """Redis stopped: StoreUnavailable; once back, no receipt and no message exist."""
     settings = load_settings(redis_url=private_redis.url)
     client = redis.Redis.from_url(private_redis.url, socket_timeout=1, socket_connect_timeout=1)
-    intake = AtomicIntake(ReceiptStore(client, 600), ArchiveMessages(publishing_celery(settings)))
+    intake = AtomicIntake(ReceiptStore(client, 600), ArchiveMessages(publisher(settings)))
     event = Event(type="dashscope:System:AsyncTaskFinish", event_id="e", task_id="t-d", model="")
     private_redis.stop()
     with pytest.raises(StoreUnavailable):

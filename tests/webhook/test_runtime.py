@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import structlog
 
+from core.logs import configure_logging
 from webhook.metrics import WebhookMetrics
-from worker.logs import configure_logging
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,8 +8,8 @@ import time
 import pytest
 import redis
 
-from worker.errors import PermanentError
-from worker.models import family_of, model_from_api_key
+from core.errors import PermanentError
+from core.models import family_of, model_from_api_key
 from worker.ratelimit import RateLimiter
 
 

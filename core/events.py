@@ -1,0 +1,165 @@
+"""Parse a stored completion event into a typed task event (pure functions, no I/O).
+
+Facts from `docs/dashscope-transcription.md`:
+
+- "The completion event": the model is the last ``:`` segment of ``data.user_api_unique_key``;
+  ``data.task_status`` comes first; with ``data.contain_result`` true, ``data.output_result``
+  holds the task output; without it the result must be queried (``GET /tasks/{task_id}``).
+- "Models": Fun-ASR and Paraformer list files in ``output.results[]``; Qwen3-ASR-Flash-Filetrans
+  has one ``output.result``.
+- "Querying a task": a batch is ``SUCCEEDED`` when at least one file succeeded, so each file's
+  ``subtask_status`` decides; a failed task carries ``output.code`` and ``output.message``.
+
+Reconciliation stores synthesised events in the same envelope, so they parse the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from core.errors import PermanentError
+from core.logs import strip_query
+from core.models import Family, family_of, model_from_api_key
+
+
+@dataclass(frozen=True, slots=True)
+class ResultEntry:
+    """One file of a task: ``index`` is its 0-based position in the task's result list.
+
+    ``transcription_url`` is the signed link (a credential: never logged, never archived;
+    ``repr`` hides it); None when the file failed. ``file_url`` has its query string removed.
+    """
+
+    index: int
+    file_url: str
+    subtask_status: str
+    transcription_url: str | None = field(default=None, repr=False)
+    code: str | None = None
+    message: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        """True when DashScope produced a result file for this entry."""
+        return self.subtask_status == "SUCCEEDED" and bool(self.transcription_url)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskEvent:
+    """A parsed completion event.
+
+    ``entries`` is None when the event carries no result (query the task); ``code`` and
+    ``message`` are the task-level failure of a failed task (else None).
+    """
+
+    task_id: str
+    event_id: str
+    model: str
+    task_status: str
+    entries: tuple[ResultEntry, ...] | None
+    code: str | None = None
+    message: str | None = None
+
+    @property
+    def family(self) -> Family:
+        """The model family; raises :class:`PermanentError` (``unknown_model``)."""
+        return family_of(self.model)
+
+
+def _bad(message: str) -> PermanentError:
+    return PermanentError(message, reason="bad_event")
+
+
+def parse_event(body: bytes) -> TaskEvent:
+    """Parse raw event bytes; the model is not checked here (see :attr:`TaskEvent.family`).
+
+    Raises :class:`PermanentError` (``bad_event``) when the body is not a JSON object with
+    ``data.task_id``.
+    """
+    try:
+        envelope = json.loads(body)
+    except ValueError as exc:
+        raise _bad("event is not JSON") from exc
+    data = envelope.get("data") if isinstance(envelope, dict) else None
+    if not isinstance(data, dict) or not isinstance(data.get("task_id"), str):
+        raise _bad("event has no data.task_id")
+    model = model_from_api_key(str(data.get("user_api_unique_key") or ""))
+    event = TaskEvent(
+        task_id=data["task_id"],
+        event_id=str(envelope.get("id") or ""),
+        model=model,
+        task_status=str(data.get("task_status") or "UNKNOWN"),
+        entries=None,
+    )
+    result = data.get("output_result")
+    if data.get("contain_result") is False or not isinstance(result, dict):
+        return event
+    return with_output(event, result.get("output"))
+
+
+def with_output(event: TaskEvent, output: object) -> TaskEvent:
+    """``event`` with entries, status and failure taken from a task ``output`` object.
+
+    ``output`` is ``data.output_result.output`` of an event or ``output`` of a query answer.
+    Raises :class:`PermanentError` (``bad_event``) when it is not an object, and
+    (``unknown_model``) for a model outside the three families.
+    """
+    if not isinstance(output, dict):
+        raise _bad("task output is not an object")
+    status = str(output.get("task_status") or event.task_status)
+    if event.family == "qwen3-asr-flash-filetrans":
+        single = output.get("result")
+        raw_entries = [single] if isinstance(single, dict) else []
+    else:
+        listed = output.get("results")
+        raw_entries = listed if isinstance(listed, list) else []
+    entries = tuple(_entry(i, raw, status) for i, raw in enumerate(raw_entries))
+    code = output.get("code")
+    message = output.get("message")
+    return replace(
+        event,
+        task_status=status,
+        entries=entries,
+        code=str(code) if code is not None else None,
+        message=str(message) if message is not None else None,
+    )
+
+
+def _entry(index: int, raw: object, task_status: str) -> ResultEntry:
+    item: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    url = item.get("transcription_url")
+    status = item.get("subtask_status") or ("SUCCEEDED" if url else task_status)
+    code = item.get("code")
+    message = item.get("message")
+    return ResultEntry(
+        index=index,
+        file_url=strip_query(str(item.get("file_url") or "")),
+        subtask_status=str(status),
+        transcription_url=str(url) if url else None,
+        code=str(code) if code is not None else None,
+        message=str(message) if message is not None else None,
+    )
+
+
+def redact_event(body: bytes) -> bytes:
+    """The event as archived in ``event.json``: every URL's query string removed, UTF-8 JSON.
+
+    `docs/contract.md`, "Archive layout": no signed query string is ever archived. Raises
+    :class:`PermanentError` (``bad_event``) when ``body`` is not JSON.
+    """
+    try:
+        document = json.loads(body)
+    except ValueError as exc:
+        raise _bad("event is not JSON") from exc
+    return json.dumps(_strip_urls(document), ensure_ascii=False, indent=2).encode()
+
+
+def _strip_urls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _strip_urls(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_strip_urls(item) for item in value]
+    if isinstance(value, str) and "://" in value and "?" in value:
+        return strip_query(value)
+    return value

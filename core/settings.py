@@ -1,0 +1,174 @@
+"""The one settings object, read from the environment.
+
+Names and defaults are the outside contract (`docs/contract.md`, "Environment variables");
+variables below the contract's list are ours and documented in the README. This module is the
+only place that reads ``os.environ``. A bad value raises :class:`pydantic.ValidationError`,
+whose message names the variable; secrets are :class:`pydantic.SecretStr` and never appear in
+``repr``.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from functools import cached_property
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# EventBridge publishes its signing certificates on regional OSS accelerate hosts
+# (docs/eventbridge-signature.md, "Verifying v2", step 2): https, no user-info, no port,
+# host <region>-eventbridge.oss-accelerate.aliyuncs.com, a path ending in .pem, no query.
+DEFAULT_CERT_URL_REGEX = (
+    r"https://[a-z0-9-]+-eventbridge\.oss-accelerate\.aliyuncs\.com/[A-Za-z0-9._/-]+\.pem"
+)
+# DashScope result links are signed https URLs on OSS hosts under .aliyuncs.com
+# (docs/dashscope-transcription.md, "The transcription result file").
+DEFAULT_RESULT_URL_REGEX = r"https://[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.aliyuncs\.com/[^#\s]*"
+
+# Submission limits per model family, requests per second (seeds' comparison table).
+DEFAULT_SUBMIT_RATES = "fun-asr=10,paraformer=20,qwen3-asr-flash-filetrans=10"
+
+
+def broker_url_for(redis_url: str) -> str:
+    """Kombu's spelling of a Redis URL: ``unix://PATH?db=N`` becomes ``redis+socket://PATH?virtual_host=N``.
+
+    redis-py understands ``unix://`` but kombu's Redis transport does not; other URLs are
+    returned unchanged.
+    """
+    if not redis_url.startswith("unix://"):
+        return redis_url
+    path, _, query = redis_url.removeprefix("unix://").partition("?")
+    params = dict(part.split("=", 1) for part in query.split("&") if "=" in part)
+    return f"redis+socket://{path}?virtual_host={params.get('db', '0')}"
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Typed, frozen configuration; field ``foo_bar`` reads variable ``FOO_BAR``."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=False)
+
+    # Redis and the broker.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    celery_broker_url: str | None = None
+    # ge=5, not 60: the crash-safety test runs a worker with a visibility timeout of seconds.
+    broker_visibility_timeout_seconds: int = Field(3600, ge=5)
+
+    # Webhook.
+    webhook_public_url: str | None = None
+    webhook_max_body_bytes: int = Field(1_048_576, ge=1024)
+    eventbridge_signature_token: SecretStr | None = None
+    eventbridge_cert_url_regex: str = DEFAULT_CERT_URL_REGEX
+    eventbridge_max_skew_seconds: int = Field(60, ge=1)
+    eventbridge_cert_ttl_seconds: int = Field(6 * 3600, ge=1)
+    dedupe_ttl_seconds: int = Field(172_800, ge=60)
+    receipt_sweep_after_seconds: int = Field(60, ge=1)
+    # How often beat runs the archive sweep and reconciliation, seconds.
+    sweep_interval_seconds: float = Field(30.0, gt=0)
+    # prometheus-client's multi-process directory (gunicorn workers): /metrics sums its files.
+    prometheus_multiproc_dir: str | None = None
+    # When set, each worker serves its archive metrics on this port (GET /metrics).
+    worker_metrics_port: int | None = Field(None, ge=1, le=65535)
+
+    # Archiving.
+    result_url_regex: str = DEFAULT_RESULT_URL_REGEX
+    result_max_bytes: int = Field(2_147_483_648, ge=1)
+    archive_urls: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["./archive"])
+    archive_max_attempts: int = Field(6, ge=1)
+    # Lease on one task's archiving (s), renewed every third of it while the worker lives;
+    # keep it well below BROKER_VISIBILITY_TIMEOUT_SECONDS.
+    archive_lease_seconds: int = Field(30, ge=1)
+    # Poison-loop guard: deliveries of one task_id (retries and redeliveries) before dead letter.
+    archive_max_deliveries: int = Field(12, ge=1)
+    # Retry backoff (s): base * 2**retry with full jitter, capped here and at half the
+    # visibility timeout.
+    archive_retry_base_seconds: float = Field(2.0, gt=0)
+    archive_retry_max_seconds: float = Field(300.0, gt=0)
+    # The sweep re-enqueues a task whose archiving started this long ago (s) without a live lease.
+    archive_stuck_after_seconds: int = Field(900, ge=1)
+    # Bodies from this size (bytes) go to S3/OSS as multipart uploads of this part size.
+    archive_multipart_bytes: int = Field(16 * 1024 * 1024, ge=5 * 1024 * 1024)
+    # Result files of one task downloaded and written at once.
+    archive_file_concurrency: int = Field(4, ge=1, le=32)
+    # Directory for result bodies in flight (default: the system temporary directory).
+    archive_spool_dir: str | None = None
+    # Read/connect timeout (s) of one result download.
+    result_timeout_seconds: float = Field(60.0, gt=0)
+    s3_endpoint_url: str | None = None
+    oss_endpoint: str | None = None
+    oss_public_endpoint: str | None = None
+    oss_access_key_id: str | None = None
+    oss_access_key_secret: SecretStr | None = None
+
+    # Submission.
+    media_url: str | None = None
+    media_url_expires_seconds: int = Field(172_800, ge=60, le=7 * 86_400)
+    media_checkpoint_dir: str | None = None
+    submit_batch_size: int = Field(100, ge=1, le=100)
+    submit_rates: str = DEFAULT_SUBMIT_RATES
+    reconcile_after_seconds: int = Field(600, ge=1)
+    # Files of at least this many bytes upload as resumable multipart (oss2.resumable_upload).
+    media_multipart_threshold_bytes: int = Field(64 * 1024 * 1024, ge=100 * 1024)
+    # Parallel uploads inside one batch task (threads).
+    upload_threads: int = Field(8, ge=1, le=64)
+    # How long submission records (task → files, file → task) are kept in Redis.
+    submission_ttl_seconds: int = Field(7 * 86_400, ge=3600)
+
+    # DashScope.
+    dashscope_api_key: SecretStr | None = None
+    dashscope_base_url: str = "https://dashscope.aliyuncs.com/api/v1"
+    dashscope_workspace: str | None = None
+    dashscope_query_qps: float = Field(10, gt=0, le=20)
+
+    log_format: Literal["json", "console"] = Field(
+        default_factory=lambda: "console" if sys.stdout.isatty() else "json"
+    )
+
+    _split_archive_urls = field_validator("archive_urls", mode="before")(_split_csv)
+
+    @field_validator("eventbridge_cert_url_regex", "result_url_regex")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        re.compile(value)
+        return value
+
+    @property
+    def broker_url(self) -> str:
+        """Celery broker URL: ``CELERY_BROKER_URL``, else ``REDIS_URL`` in kombu's spelling."""
+        return self.celery_broker_url or broker_url_for(self.redis_url)
+
+    @cached_property
+    def cert_url_pattern(self) -> re.Pattern[str]:
+        """Compiled ``EVENTBRIDGE_CERT_URL_REGEX``; use ``fullmatch``."""
+        return re.compile(self.eventbridge_cert_url_regex)
+
+    @cached_property
+    def result_url_pattern(self) -> re.Pattern[str]:
+        """Compiled ``RESULT_URL_REGEX``; use ``fullmatch``."""
+        return re.compile(self.result_url_regex)
+
+    @cached_property
+    def submit_rate_by_family(self) -> dict[str, float]:
+        """``SUBMIT_RATES`` (``family=rps,...``) as a mapping of family prefix to requests/s."""
+        rates: dict[str, float] = {}
+        for item in self.submit_rates.split(","):
+            if not item.strip():
+                continue
+            family, _, rate = item.partition("=")
+            rates[family.strip()] = float(rate)
+        return rates
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment, applying ``overrides`` (field name → value) on top.
+
+    Raises :class:`pydantic.ValidationError` naming the variable when a value is invalid.
+    """
+    return Settings(**overrides)  # type: ignore[arg-type]  # pydantic validates at runtime

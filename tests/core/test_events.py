@@ -1,0 +1,85 @@
+"""Event parsing: every family's result path, failures, missing results, unknown models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from core.errors import PermanentError
+from core.events import parse_event, redact_event, with_output
+from tests.support import task_events as te
+
+SIGNED = "https://dashscope-result-bj.oss-cn-beijing.aliyuncs.com/r/1.json?Expires=1&Signature=s"
+
+
+@pytest.mark.parametrize("model", ["fun-asr", "fun-asr-2025-11-07", "paraformer-v2"])
+def test_batch_families_read_results_list(model: str) -> None:
+    """Fun-ASR and Paraformer entries come from output.results[], in order, with statuses."""
+    body = te.event("t1", model, te.batch_output("t1", [te.ok(SIGNED), te.failed()]))
+    event = parse_event(body)
+    assert (event.task_id, event.model, event.task_status) == ("t1", model, "SUCCEEDED")
+    assert event.entries is not None
+    first, second = event.entries
+    assert (first.index, first.succeeded, first.transcription_url) == (0, True, SIGNED)
+    assert first.file_url == "https://media.example/a.wav"
+    assert (second.index, second.succeeded, second.code) == (1, False, "InvalidFile.DownloadFailed")
+
+
+def test_qwen_filetrans_reads_single_result() -> None:
+    """Qwen3-ASR-Flash-Filetrans has one output.result, which becomes entry 0."""
+    body = te.event("t2", "qwen3-asr-flash-filetrans", te.qwen_output("t2", SIGNED))
+    event = parse_event(body)
+    assert event.family == "qwen3-asr-flash-filetrans"
+    assert event.entries is not None and len(event.entries) == 1
+    assert event.entries[0].succeeded and event.entries[0].transcription_url == SIGNED
+
+
+def test_failed_task_carries_code_and_message() -> None:
+    """A FAILED task has no entries but the task-level code and message."""
+    event = parse_event(te.event("t3", "paraformer-v2", te.failed_output("t3")))
+    assert event.task_status == "FAILED"
+    assert event.entries == ()
+    assert (event.code, event.message) == (
+        "InvalidFile.DecodeFailed",
+        "The audio file cannot be decoded.",
+    )
+
+
+def test_event_without_result_needs_query() -> None:
+    """contain_result false (no output_result) leaves entries None; a query output fills them."""
+    event = parse_event(te.event("t4", "fun-asr", None))
+    assert event.entries is None
+    filled = with_output(event, te.batch_output("t4", [te.ok(SIGNED)]))
+    assert filled.entries is not None and filled.entries[0].transcription_url == SIGNED
+
+
+def test_unknown_model_is_permanent() -> None:
+    """A model outside the three families raises PermanentError(unknown_model) naming it."""
+    with pytest.raises(PermanentError, match="whisper-9") as info:
+        parse_event(te.event("t5", "whisper-9", te.batch_output("t5", [te.ok(SIGNED)])))
+    assert info.value.reason == "unknown_model"
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[]", b'{"data": {}}', b'{"data": {"task_id": 5}}'])
+def test_bad_event_is_permanent(body: bytes) -> None:
+    """Bodies without a JSON object carrying data.task_id are rejected as bad_event."""
+    with pytest.raises(PermanentError) as info:
+        parse_event(body)
+    assert info.value.reason == "bad_event"
+
+
+def test_redacted_event_has_no_signed_query() -> None:
+    """event.json keeps the event but drops every URL's query string."""
+    body = te.event("t6", "fun-asr", te.batch_output("t6", [te.ok(SIGNED)]))
+    redacted = redact_event(body)
+    assert b"Signature" not in redacted and b"Expires" not in redacted
+    document = json.loads(redacted)
+    entry = document["data"]["output_result"]["output"]["results"][0]
+    assert entry["transcription_url"] == SIGNED.split("?")[0]
+
+
+def test_entry_repr_hides_signed_link() -> None:
+    """The repr of a result entry never shows the signed transcription_url."""
+    event = parse_event(te.event("t7", "fun-asr", te.batch_output("t7", [te.ok(SIGNED)])))
+    assert "Signature" not in repr(event)

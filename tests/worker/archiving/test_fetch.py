@@ -1,0 +1,151 @@
+"""Streaming result downloads: URL pattern, redirects, size cap, JSON check, error mapping."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import pytest
+
+from core.errors import ExpiredLinkError, PermanentError, TransientError
+from tests.support import task_events as te
+from tests.support.result_server import Fault, ResultServer
+from worker.archiving.fetch import ResultFetcher
+
+
+def fetcher(server: ResultServer, tmp_path: Path, **kwargs: object) -> ResultFetcher:
+    """A fetcher allowed to read ``server`` only, spooling under ``tmp_path``."""
+    options: dict = {"max_bytes": 10_000_000, "timeout_s": 2.0, "spool_dir": str(tmp_path)}
+    options.update(kwargs)
+    return ResultFetcher(re.compile(server.url_regex), **options)
+
+
+def test_download_counts_hashes_and_spools(result_server: ResultServer, tmp_path: Path) -> None:
+    """A large body arrives byte for byte with size and sha256; its spool file goes after."""
+    body = te.result_file(words=40_000)
+    url = result_server.add("/r/0.json", body)
+    with fetcher(result_server, tmp_path).download(url) as got:
+        assert got.read() == body and got.path is not None
+        assert (got.size, got.sha256) == (len(body), hashlib.sha256(body).hexdigest())
+        spooled = got.path
+    assert not spooled.exists()
+
+
+def test_url_outside_pattern_is_refused(result_server: ResultServer, tmp_path: Path) -> None:
+    """A URL that RESULT_URL_REGEX does not fully match is never requested."""
+    result_server.add("/r/0.json", b"{}")
+    with (
+        pytest.raises(PermanentError) as info,
+        fetcher(result_server, tmp_path).download("http://localhost:1/r/0.json"),
+    ):
+        pass
+    assert info.value.reason == "url_not_allowed"
+    assert result_server.hits("/r/0.json") == 0
+
+
+def test_redirect_to_other_host_is_refused(result_server: ResultServer, tmp_path: Path) -> None:
+    """A redirect to another host is not followed."""
+    url = result_server.add(
+        "/r/0.json", b"{}", faults=[Fault(status=302, location="http://127.0.0.2/x")]
+    )
+    with pytest.raises(PermanentError) as info, fetcher(result_server, tmp_path).download(url):
+        pass
+    assert info.value.reason == "url_not_allowed"
+
+
+def test_same_host_redirect_is_followed(result_server: ResultServer, tmp_path: Path) -> None:
+    """A redirect on the same host to an allowed URL is followed."""
+    result_server.add("/r/new.json", b'{"ok": true}')
+    url = result_server.add("/r/0.json", b"{}", faults=[Fault(status=302, location="/r/new.json")])
+    with fetcher(result_server, tmp_path).download(url) as got:
+        assert got.read() == b'{"ok": true}'
+
+
+@pytest.mark.parametrize(
+    ("fault", "error", "reason"),
+    [
+        (Fault(status=503), TransientError, "result_http_5xx"),
+        (Fault(status=429), TransientError, "result_http_429"),
+        (Fault(status=403), ExpiredLinkError, "expired_link"),
+        (Fault(status=404), ExpiredLinkError, "expired_link"),
+        (Fault(status=400), PermanentError, "result_http_4xx"),
+        (Fault(truncate_at=100), TransientError, "result_network"),
+        (Fault(claim_bytes=50_000_000), PermanentError, "result_too_large"),
+    ],
+)
+def test_faults_map_to_worker_errors(
+    result_server: ResultServer, tmp_path: Path, fault: Fault, error: type, reason: str
+) -> None:
+    """Each injected fault raises the documented error class and reason."""
+    url = result_server.add("/r/0.json", te.result_file(words=500), faults=[fault])
+    with pytest.raises(error) as info, fetcher(result_server, tmp_path).download(url):
+        pass
+    assert type(info.value) is error and info.value.reason == reason
+    assert "Signature" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_slow_body_times_out(result_server: ResultServer, tmp_path: Path) -> None:
+    """A body slower than the read timeout fails as a transient result_timeout."""
+    url = result_server.add("/r/0.json", te.result_file(words=2000), chunk_delay_s=0.6)
+    with (
+        pytest.raises(TransientError) as info,
+        fetcher(result_server, tmp_path, timeout_s=0.3).download(url),
+    ):
+        pass
+    assert info.value.reason == "result_timeout"
+
+
+def test_streamed_size_cap(result_server: ResultServer, tmp_path: Path) -> None:
+    """A body longer than RESULT_MAX_BYTES fails while streaming, whatever it announced."""
+    url = result_server.add("/r/0.json", te.result_file(words=5000))
+    with (
+        pytest.raises(PermanentError) as info,
+        fetcher(result_server, tmp_path, max_bytes=10_000).download(url),
+    ):
+        pass
+    assert info.value.reason == "result_too_large"
+
+
+@pytest.mark.parametrize("body", [b"<html>oops</html>", b'{"a": [1, 2', b'{"a": 1} trailing', b""])
+def test_non_json_body_is_permanent(
+    result_server: ResultServer, tmp_path: Path, body: bytes
+) -> None:
+    """A complete body that is not one JSON document fails as result_not_json."""
+    url = result_server.add("/r/0.json", body)
+    with pytest.raises(PermanentError) as info, fetcher(result_server, tmp_path).download(url):
+        pass
+    assert info.value.reason == "result_not_json"
+
+
+def test_large_body_checked_by_streaming_parser(
+    result_server: ResultServer, tmp_path: Path
+) -> None:
+    """Bodies over 1 MiB are validated by the streaming parser: valid passes, cut-off fails."""
+    body = te.result_file(words=40_000)
+    assert len(body) > 2 * 1024 * 1024
+    good = result_server.add("/r/good.json", body)
+    bad = result_server.add("/r/bad.json", body[:-10])
+    with fetcher(result_server, tmp_path).download(good) as got:
+        assert got.size == len(body)
+    with pytest.raises(PermanentError) as info, fetcher(result_server, tmp_path).download(bad):
+        pass
+    assert info.value.reason == "result_not_json"
+
+
+def test_non_standard_constants_are_not_json(result_server: ResultServer, tmp_path: Path) -> None:
+    """NaN and Infinity (accepted by Python's json) are refused like any non-JSON body."""
+    url = result_server.add("/r/nan.json", b'{"a": NaN}')
+    with pytest.raises(PermanentError) as info, fetcher(result_server, tmp_path).download(url):
+        pass
+    assert info.value.reason == "result_not_json"
+
+
+def test_small_body_stays_in_memory(result_server: ResultServer, tmp_path: Path) -> None:
+    """A body up to 1 MiB is kept in memory: no spool file is created."""
+    body = te.result_file(words=100)
+    url = result_server.add("/r/small.json", body)
+    with fetcher(result_server, tmp_path).download(url) as got:
+        assert (got.data, got.path) == (body, None)
+        assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,313 @@
+"""Archive one task: its event, its result files, then its manifest, to every destination.
+
+Layout under each destination's prefix (`docs/contract.md`, "Archive layout")::
+
+    <task_id>/event.json          the event, query strings of all URLs removed
+    <task_id>/results/<nnnn>.json  file n's result, byte for byte as served
+    <task_id>/manifest.json       written last: its presence means "fully archived"
+
+Idempotence and resume: a task whose manifest exists at every destination is done
+(:meth:`Archiver.is_archived`). Progress is recorded in Redis after each object reaches every
+destination (``asr:archive:progress:<task_id>[:<hash of the destination URLs>]``, a hash:
+``event`` and ``file:<n>`` → the file record as JSON), so a run that died half-way resumes
+with what is missing, and rewrites the same keys if it repeats a step. Callers hold the
+task's :class:`worker.archiving.lease.Lease`.
+
+Failures: a permanent error of one file (oversized, not JSON, a URL outside the pattern, an
+expired link after one fresh query) marks that file with ``error`` and the others go on; a
+transient error stops the run after the other files were tried (the caller retries), unless
+``final`` is set, when it marks the file like a permanent one. A task-level permanent error (bad
+event, unknown model, a rejected query) gives a manifest with ``archive_error``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import redis
+
+from core.errors import ExpiredLinkError, PermanentError, TransientError, WorkerError
+from core.events import ResultEntry, TaskEvent, parse_event, redact_event, with_output
+from core.store import Receipt
+from worker import metrics
+from worker.archiving.destinations import Destination
+from worker.archiving.fetch import ResultFetcher
+
+PROGRESS_KEY = "asr:archive:progress:{task_id}"
+_UNFINISHED = frozenset({"PENDING", "RUNNING"})
+QueryFn = Callable[[str], dict[str, Any]]
+"""``GET /tasks/{task_id}``: the full JSON answer (`docs/dashscope-transcription.md`)."""
+
+
+def _iso(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _error(exc: WorkerError) -> dict[str, str]:
+    return {"reason": exc.reason, "message": str(exc)}
+
+
+@dataclass
+class Outcome:
+    """What a run produced: the ``manifest`` written and the errors recorded in it."""
+
+    manifest: dict[str, Any]
+    errors: list[WorkerError] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """True when nothing failed on our side (DashScope's own failures do not count)."""
+        return not self.errors
+
+
+class Progress:
+    """What of one task already reached every destination, in Redis (expires with the TTL).
+
+    ``destinations`` (their URLs) scope the record: after ``ARCHIVE_URLS`` changes, a replay
+    writes everything to the new set instead of trusting progress made for the old one.
+    """
+
+    def __init__(
+        self, client: redis.Redis, task_id: str, ttl_s: int, destinations: Sequence[str] = ()
+    ) -> None:
+        self._redis = client
+        self._key = PROGRESS_KEY.format(task_id=task_id)
+        if destinations:
+            scope = hashlib.sha256("\n".join(destinations).encode()).hexdigest()[:12]
+            self._key += f":{scope}"
+        self._ttl = ttl_s
+
+    def done(self, name: str) -> dict[str, Any] | None:
+        """The record stored for ``name`` (``event`` or ``file:<n>``), or None."""
+        raw = cast("bytes | None", self._redis.hget(self._key, name))
+        return cast("dict[str, Any]", json.loads(raw)) if raw else None
+
+    def mark(self, name: str, record: dict[str, Any]) -> None:
+        """Record ``name`` as written everywhere."""
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hset(self._key, name, json.dumps(record))
+        pipe.expire(self._key, self._ttl)
+        pipe.execute()
+
+
+class Archiver:
+    """Archive tasks to ``destinations``; ``query`` fetches a task when the event lacks it.
+
+    ``guard`` is called before every write (the lease check: it raises when the lease is lost).
+    Up to ``file_concurrency`` result files of one task are downloaded and written at once
+    (httpx, boto3 and oss2 clients are shared by the threads; all are thread-safe).
+    """
+
+    def __init__(
+        self,
+        destinations: Sequence[Destination],
+        fetcher: ResultFetcher,
+        *,
+        query: QueryFn | None = None,
+        guard: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.time,
+        file_concurrency: int = 4,
+    ) -> None:
+        self.destinations = list(destinations)
+        self.fetcher = fetcher
+        self.query = query
+        self.guard = guard
+        self.clock = clock
+        self.file_concurrency = file_concurrency
+        self._fresh_lock = threading.Lock()
+
+    def is_archived(self, task_id: str) -> bool:
+        """True when ``<task_id>/manifest.json`` exists at every destination."""
+        return all(d.exists(f"{task_id}/manifest.json") for d in self.destinations)
+
+    def run(self, receipt: Receipt, progress: Progress, *, final: bool = False) -> Outcome:
+        """Archive ``receipt``'s task and write its manifest; returns the outcome.
+
+        Raises :class:`TransientError` when a step may succeed later (nothing is lost: the
+        progress is kept), unless ``final``; destination errors while writing the event or
+        the manifest always propagate.
+        """
+        try:
+            self._event_json(receipt, progress)
+            event = self._resolve(parse_event(receipt.body))
+        except PermanentError as exc:
+            return self.fail(receipt, exc)
+        files, errors = self._files(event, progress, final)
+        manifest = self._manifest(receipt, event.model, event.task_status, files)
+        manifest.update(code=event.code, message=event.message)
+        manifest["archive_status"] = "partial" if errors else "complete"
+        self._write_manifest(receipt.task_id, manifest)
+        return Outcome(manifest, errors)
+
+    def fail(self, receipt: Receipt, exc: WorkerError) -> Outcome:
+        """Write a manifest that records a task-level failure ``exc``; returns the outcome."""
+        metrics.failure(exc.reason)
+        manifest = self._manifest(receipt, receipt.model, "UNKNOWN", [])
+        manifest.update(code=None, message=None, archive_status="failed")
+        manifest["archive_error"] = _error(exc)
+        self._write_manifest(receipt.task_id, manifest)
+        return Outcome(manifest, [exc])
+
+    def _resolve(self, event: TaskEvent) -> TaskEvent:
+        event.family  # noqa: B018  # raises PermanentError(unknown_model) before any query
+        if event.entries is not None:
+            return event
+        if self.query is None:
+            raise PermanentError("event has no result and no query client", reason="no_result")
+        queried = with_output(event, self.query(event.task_id).get("output"))
+        if queried.task_status in _UNFINISHED:
+            raise TransientError(f"task is {queried.task_status}", reason="task_not_finished")
+        return queried
+
+    def _event_json(self, receipt: Receipt, progress: Progress) -> None:
+        if progress.done("event"):
+            return
+        body = redact_event(receipt.body)
+        self._put_bytes(f"{receipt.task_id}/event.json", body)
+        progress.mark("event", {"bytes": len(body)})
+
+    def _files(
+        self, event: TaskEvent, progress: Progress, final: bool
+    ) -> tuple[list[dict[str, Any]], list[WorkerError]]:
+        entries = list(event.entries or ())
+        files = [_file_record(entry) for entry in entries]
+        fresh: dict[str, TaskEvent] = {}
+
+        def archive(n: int) -> WorkerError | None:
+            if not entries[n].succeeded:
+                return None
+            try:
+                files[n].update(self._archive_entry(event, entries[n], progress, fresh))
+            except WorkerError as exc:
+                return exc
+            return None
+
+        with ThreadPoolExecutor(max_workers=self.file_concurrency) as pool:
+            # each file in a copy of this context: log lines keep the bound task_id
+            futures = [
+                pool.submit(contextvars.copy_context().run, archive, n) for n in range(len(entries))
+            ]
+            outcomes = [future.result() for future in futures]
+        errors: list[WorkerError] = []
+        transient: list[TransientError] = []
+        for record, exc in zip(files, outcomes, strict=True):
+            if exc is not None:
+                _record_failure(record, exc, final, errors, transient)
+        if transient and not final:
+            raise transient[0]
+        return files, errors
+
+    def _archive_entry(
+        self, event: TaskEvent, entry: ResultEntry, progress: Progress, fresh: dict[str, TaskEvent]
+    ) -> dict[str, Any]:
+        """Archive one file (unless done); on an expired link, one fresh query per run."""
+        name = f"file:{entry.index}"
+        if done := progress.done(name):
+            return done
+        try:
+            written = self._one_file(event.task_id, entry)
+        except ExpiredLinkError as exc:
+            renewed = self._renewed_entry(event, entry, fresh)
+            if renewed is None:
+                raise PermanentError(str(exc), reason="expired_link") from exc
+            try:
+                written = self._one_file(event.task_id, renewed)
+            except ExpiredLinkError as again:
+                raise PermanentError(str(again), reason="expired_link") from again
+        progress.mark(name, written)
+        return written
+
+    def _renewed_entry(
+        self, event: TaskEvent, entry: ResultEntry, fresh: dict[str, TaskEvent]
+    ) -> ResultEntry | None:
+        """``entry`` with a new link from one task query per run; None when there is none."""
+        if self.query is None:
+            return None
+        with self._fresh_lock:  # files run in parallel; one query per run
+            if "event" not in fresh:
+                fresh["event"] = with_output(event, self.query(event.task_id).get("output"))
+        for candidate in fresh["event"].entries or ():
+            same = candidate.index == entry.index and candidate.succeeded
+            if same and candidate.transcription_url != entry.transcription_url:
+                return candidate
+        return None
+
+    def _one_file(self, task_id: str, entry: ResultEntry) -> dict[str, Any]:
+        key = f"{task_id}/results/{entry.index:04d}.json"
+        with self.fetcher.download(entry.transcription_url or "") as body:
+            for destination in self.destinations:
+                self.guard()
+                if body.path is not None:
+                    destination.put_file(key, body.path, body.size)
+                else:
+                    destination.put_bytes(key, body.data or b"")
+                metrics.file_archived(destination.kind, body.size)
+            record = {"key": key, "bytes": body.size, "sha256": body.sha256}
+            if body.redacted:  # signed query strings removed (worker.archiving.scrub)
+                record.update(
+                    redacted=True, served_bytes=body.served_size, served_sha256=body.served_sha256
+                )
+            return record
+
+    def _manifest(
+        self, receipt: Receipt, model: str, status: str, files: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        return {
+            "task_id": receipt.task_id,
+            "model": model,
+            "task_status": status,
+            "event_id": receipt.event_id,
+            "event_sha256": hashlib.sha256(receipt.body).hexdigest(),
+            "source": receipt.source,
+            "received_at": _iso(receipt.received_at),
+            "archived_at": _iso(self.clock()),
+            "files": files,
+            "archive_error": None,
+        }
+
+    def _write_manifest(self, task_id: str, manifest: dict[str, Any]) -> None:
+        body = json.dumps(manifest, ensure_ascii=False, indent=2).encode()
+        self._put_bytes(f"{task_id}/manifest.json", body)
+
+    def _put_bytes(self, key: str, body: bytes) -> None:
+        for destination in self.destinations:
+            self.guard()
+            destination.put_bytes(key, body)
+
+
+def _file_record(entry: ResultEntry) -> dict[str, Any]:
+    return {
+        "index": entry.index,
+        "file_url": entry.file_url,
+        "subtask_status": entry.subtask_status,
+        "key": None,
+        "bytes": None,
+        "sha256": None,
+        "code": entry.code,
+        "message": entry.message,
+        "error": None,
+    }
+
+
+def _record_failure(
+    record: dict[str, Any],
+    exc: WorkerError,
+    final: bool,
+    errors: list[WorkerError],
+    transient: list[TransientError],
+) -> None:
+    if isinstance(exc, TransientError) and not final:
+        transient.append(exc)
+        return
+    record["error"] = _error(exc)
+    metrics.failure(exc.reason)
+    errors.append(exc)

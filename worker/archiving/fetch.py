@@ -1,0 +1,274 @@
+"""Download one ``transcription_url`` to a spool file, checking it while it streams.
+
+Rules (issue "Result archiving"; `docs/dashscope-transcription.md`, "The transcription result
+file"): only URLs that ``RESULT_URL_REGEX`` matches as a whole; redirects followed only on the
+same scheme and host (and only to matching URLs); connect/read timeouts; at most
+``RESULT_MAX_BYTES``; sha256 and byte count computed while streaming; the body must be complete
+JSON, checked by a streaming parser (ijson) as the bytes arrive, so memory stays at one chunk.
+
+Errors (:mod:`core.errors`), reasons in brackets:
+
+- :class:`ExpiredLinkError` (``expired_link``): 403 or 404, the signed link has expired.
+- :class:`TransientError`: 429 or 5xx (``result_http_429``, ``result_http_5xx``), timeouts
+  (``result_timeout``), network errors and truncated bodies (``result_network``).
+- :class:`PermanentError`: a URL or redirect outside the pattern (``url_not_allowed``), other
+  4xx (``result_http_4xx``), a body over the cap (``result_too_large``), a body that is not
+  JSON (``result_not_json``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import ijson
+
+from core.errors import ExpiredLinkError, PermanentError, TransientError
+from core.logs import strip_query
+from core.settings import Settings
+from worker.archiving.scrub import StreamScrubber, scrub
+
+CHUNK_BYTES = 64 * 1024
+SMALL_JSON_BYTES = 1024 * 1024
+MAX_REDIRECTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedBody:
+    """A downloaded, checked body of ``size`` bytes with hex ``sha256``, as it is to be stored.
+
+    Bodies up to :data:`SMALL_JSON_BYTES` are in memory (``data``, ``path`` None); larger ones
+    are in the spool file ``path`` (``data`` None). ``redacted`` is True when signed query
+    strings were removed (:mod:`worker.archiving.scrub`); ``served_size``/``served_sha256``
+    then describe the body as the result host served it.
+    """
+
+    size: int
+    sha256: str
+    data: bytes | None = None
+    path: Path | None = None
+    redacted: bool = False
+    served_size: int = 0
+    served_sha256: str = ""
+
+    def read(self) -> bytes:
+        """The whole body (tests and small bodies; a large one is read from its file)."""
+        if self.data is not None:
+            return self.data
+        assert self.path is not None
+        return self.path.read_bytes()
+
+
+@ijson.coroutine  # type: ignore[untyped-decorator]  # ijson has no type hints
+def _discard() -> Generator[None, Any, None]:
+    while True:
+        yield
+
+
+class _Body:
+    """Size cap, sha256 and JSON check of a body fed in chunks, and where its bytes are kept.
+
+    The first :data:`SMALL_JSON_BYTES` stay in memory and are checked with :func:`json.loads`
+    at the end (fast, in C); a longer body spills to a spool file in ``spool_dir`` and is
+    checked by ijson's push parser as it streams, so memory stays bounded.
+    """
+
+    def __init__(self, max_bytes: int, spool_dir: str | None) -> None:
+        self.max_bytes = max_bytes
+        self.spool_dir = spool_dir
+        self.size = 0
+        self.digest = hashlib.sha256()
+        self.head = bytearray()
+        self.path: Path | None = None
+        self._file: IO[bytes] | None = None
+        self._parser: Any = None
+        self._scrubber = StreamScrubber()
+        self._stored = hashlib.sha256()
+        self._stored_size = 0
+
+    def feed(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.max_bytes:
+            raise PermanentError(f"result over {self.max_bytes} bytes", reason="result_too_large")
+        self.digest.update(chunk)
+        if self._file is None and self.size <= SMALL_JSON_BYTES:
+            self.head += chunk
+            return
+        if self._file is None:
+            self._spill()
+        with _json_errors():
+            self._parser.send(chunk)
+        self._write(self._scrubber.feed(chunk))
+
+    def _write(self, data: bytes) -> None:
+        assert self._file is not None
+        self._stored.update(data)
+        self._stored_size += len(data)
+        self._file.write(data)
+
+    def _spill(self) -> None:
+        handle, name = tempfile.mkstemp(prefix="result-", suffix=".json", dir=self.spool_dir)
+        self.path = Path(name)
+        self._file = os.fdopen(handle, "wb")
+        self._parser = ijson.basic_parse_coro(_discard())
+        head, self.head = bytes(self.head), bytearray()
+        with _json_errors():
+            self._parser.send(head)
+        self._write(self._scrubber.feed(head))
+
+    def finish(self) -> FetchedBody:
+        """Close the spool and check the JSON; the body, or :class:`PermanentError`."""
+        served_sha256 = self.digest.hexdigest()
+        if self._file is None:
+            with _json_errors():
+                json.loads(self.head, parse_constant=_no_constants)
+            data = scrub(bytes(self.head))
+            if len(data) == self.size:
+                return FetchedBody(self.size, served_sha256, data=data)
+            sha256 = hashlib.sha256(data).hexdigest()
+            return FetchedBody(len(data), sha256, data, None, True, self.size, served_sha256)
+        self._write(self._scrubber.flush())
+        self._file.close()
+        with _json_errors():
+            self._parser.close()
+        if not self._scrubber.changed:
+            return FetchedBody(self.size, served_sha256, path=self.path)
+        stored, size = self._stored.hexdigest(), self._stored_size
+        return FetchedBody(size, stored, None, self.path, True, self.size, served_sha256)
+
+    def discard(self) -> None:
+        """Close and remove the spool file, if any."""
+        if self._file is not None:
+            self._file.close()
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+def _no_constants(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+@contextmanager
+def _json_errors() -> Iterator[None]:
+    try:
+        yield
+    except (ijson.JSONError, ValueError) as exc:
+        raise PermanentError("result body is not JSON", reason="result_not_json") from exc
+
+
+@contextmanager
+def _http_errors(url: str) -> Iterator[None]:
+    """Translate httpx exceptions into the worker's tree (the one place they are caught)."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise TransientError(f"timeout fetching {url}", reason="result_timeout") from exc
+    except httpx.TransportError as exc:
+        raise TransientError(f"network error fetching {url}", reason="result_network") from exc
+
+
+def _check_status(response: httpx.Response, url: str) -> None:
+    status = response.status_code
+    if status in (403, 404):
+        raise ExpiredLinkError(f"{status} from {url}")
+    if status == 429:
+        raise TransientError(f"429 from {url}", reason="result_http_429")
+    if status >= 500:
+        raise TransientError(f"{status} from {url}", reason="result_http_5xx")
+    if status >= 300:
+        raise PermanentError(f"{status} from {url}", reason="result_http_4xx")
+
+
+class ResultFetcher:
+    """Fetch result bodies under the configured URL pattern, size cap and timeouts.
+
+    ``spool_dir`` (None: the system temporary directory) receives one file per download of
+    more than :data:`SMALL_JSON_BYTES`, removed when the :meth:`download` block ends.
+    """
+
+    def __init__(
+        self,
+        url_pattern: re.Pattern[str],
+        *,
+        max_bytes: int,
+        timeout_s: float = 60.0,
+        spool_dir: str | None = None,
+    ) -> None:
+        self.url_pattern = url_pattern
+        self.max_bytes = max_bytes
+        self.spool_dir = spool_dir
+        # httpx logs every request line, query string included, at INFO: a signed URL in a
+        # log is a leaked credential, so its logger only speaks from WARNING up.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0))
+        self._client = httpx.Client(timeout=timeout, follow_redirects=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ResultFetcher:
+        """A fetcher for ``RESULT_URL_REGEX``, ``RESULT_MAX_BYTES``, ``RESULT_TIMEOUT_SECONDS``."""
+        return cls(
+            settings.result_url_pattern,
+            max_bytes=settings.result_max_bytes,
+            timeout_s=settings.result_timeout_seconds,
+            spool_dir=settings.archive_spool_dir,
+        )
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._client.close()
+
+    @contextmanager
+    def download(self, url: str) -> Iterator[FetchedBody]:
+        """Stream ``url``, check it and yield it; a spool file is removed when the block ends.
+
+        Raises the errors listed in the module docstring; nothing is yielded on error.
+        """
+        body = _Body(self.max_bytes, self.spool_dir)
+        try:
+            self._stream(url, body)
+            yield body.finish()
+        finally:
+            body.discard()
+
+    def _stream(self, url: str, body: _Body) -> None:
+        target = self._allowed(url)
+        for _ in range(MAX_REDIRECTS + 1):
+            with _http_errors(strip_query(target)), self._client.stream("GET", target) as answer:
+                if answer.is_redirect:
+                    target = self._redirect(target, answer)
+                    continue
+                _check_status(answer, strip_query(target))
+                declared = answer.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > self.max_bytes:
+                    raise PermanentError(f"result of {declared} bytes", reason="result_too_large")
+                for chunk in answer.iter_bytes(CHUNK_BYTES):
+                    body.feed(chunk)
+                return
+        raise PermanentError("too many redirects", reason="url_not_allowed")
+
+    def _allowed(self, url: str) -> str:
+        if not self.url_pattern.fullmatch(url):
+            raise PermanentError(
+                f"result URL {strip_query(url)} outside RESULT_URL_REGEX", reason="url_not_allowed"
+            )
+        return url
+
+    def _redirect(self, current: str, response: httpx.Response) -> str:
+        location = response.headers.get("location", "")
+        target = httpx.URL(current).join(location)
+        origin = httpx.URL(current)
+        if (target.scheme, target.host, target.port) != (origin.scheme, origin.host, origin.port):
+            raise PermanentError(
+                f"redirect to another host {target.host}", reason="url_not_allowed"
+            )
+        return self._allowed(str(target))
