@@ -20,7 +20,6 @@ submitted, and followed until each is archived or failed.
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -43,7 +42,7 @@ from asr_ingest.starters import (
     worker_spec,
 )
 from asr_ingest.submit_cmd import SubmitReport, submit_paths
-from core.settings import Settings, load_settings
+from core.settings import Settings, load_settings, load_settings_from
 from worker.submission.batching import parse_parameters
 from worker.submission.media import SUPPORTED_FORMATS, walk
 
@@ -167,8 +166,7 @@ def run(
         Stack(sink=sink, log_dir=log_dir) as stack,
     ):
         env = start_local_parts(stack, load_settings(), Path(tmp), sandbox_args)
-        os.environ.update(env)  # the in-process submitter sees what the children see
-        settings = load_settings()
+        settings = load_settings_from(env)  # the in-process submitter sees what children see
         reports = submit_round_robin(
             settings,
             list(paths) or bundled_samples(),

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from core.errors import WorkerError
+from core.errors import PipelineError
 from core.models import family_of
 from core.queues import SUBMIT_QUEUE
 from core.settings import Settings, load_settings
@@ -171,7 +171,7 @@ def submit(
     console = Console()
     try:
         report = submit_paths(settings, paths, model, parse_parameters(params), force)
-    except (WorkerError, ValueError) as exc:
+    except (PipelineError, ValueError) as exc:
         _fail(str(exc))
     for rejection in report.rejected:
         console.print(f"[red]rejected[/] {rejection.path}: {rejection.reason}")
@@ -211,7 +211,7 @@ def resubmit(task_id: str) -> None:
     settings = load_settings()
     try:
         new_ids = resubmit_task(settings, task_id)
-    except WorkerError as exc:
+    except PipelineError as exc:
         _fail(str(exc))
     if not new_ids:
         click.echo(f"task {task_id} has no failed files")

@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from core.errors import PermanentError
+from core.errors import PermanentError, Reason
 from core.logs import strip_query
 from core.models import Family, family_of, model_from_api_key
 
@@ -68,7 +68,7 @@ class TaskEvent:
 
 
 def _bad(message: str) -> PermanentError:
-    return PermanentError(message, reason="bad_event")
+    return PermanentError(message, reason=Reason.BAD_EVENT)
 
 
 def parse_event(body: bytes) -> TaskEvent:

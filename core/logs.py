@@ -34,12 +34,21 @@ def _redact_event(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]
     return event_dict
 
 
+_configured: tuple[str, int] | None = None
+"""The arguments of the last :func:`configure_logging` call in this process."""
+
+
 def configure_logging(log_format: str = "json", level: int = logging.INFO) -> None:
     """Configure structlog (and the stdlib root logger) once per process.
 
     ``log_format`` is ``"json"`` (one JSON object per line on stdout) or ``"console"``.
-    Every string value that contains a URL with a query string is redacted.
+    Every string value that contains a URL with a query string is redacted. Idempotent: a
+    second call with the same arguments changes nothing.
     """
+    global _configured  # the one process-wide logging setup
+    if _configured == (log_format, level):
+        return
+    _configured = (log_format, level)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from core.errors import PermanentError
+from core.errors import PermanentError, Reason
 
 Family = Literal["fun-asr", "paraformer", "qwen3-asr-flash-filetrans"]
 
@@ -23,7 +23,7 @@ def family_of(model: str) -> Family:
         for prefix in _PREFIXES:
             if model == prefix or model.startswith(prefix + "-"):
                 return prefix
-    raise PermanentError(f"unknown transcription model {model!r}", reason="unknown_model")
+    raise PermanentError(f"unknown transcription model {model!r}", reason=Reason.UNKNOWN_MODEL)
 
 
 def model_from_api_key(user_api_unique_key: str) -> str:

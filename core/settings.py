@@ -9,13 +9,21 @@ whose message names the variable; secrets are :class:`pydantic.SecretStr` and ne
 
 from __future__ import annotations
 
+import os
 import re
 import sys
+from collections.abc import Mapping
 from functools import cached_property
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 # EventBridge publishes its signing certificates on regional OSS accelerate hosts
 # (docs/eventbridge-signature.md, "Verifying v2", step 2): https, no user-info, no port,
@@ -172,3 +180,28 @@ def load_settings(**overrides: object) -> Settings:
     Raises :class:`pydantic.ValidationError` naming the variable when a value is invalid.
     """
     return Settings(**overrides)  # type: ignore[arg-type]  # pydantic validates at runtime
+
+
+def load_settings_from(env: Mapping[str, str], **overrides: object) -> Settings:
+    """Like :func:`load_settings`, reading ``env`` (variable → value) over the process's own.
+
+    For a parent that configures children through their environment (``asr-ingest run``) and
+    needs the same settings itself, without changing ``os.environ``.
+    """
+    merged = {**os.environ, **env}
+
+    class _FromMapping(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            source = EnvSettingsSource(settings_cls, case_sensitive=False)
+            source.env_vars = {name.lower(): value for name, value in merged.items()}
+            return init_settings, source
+
+    return _FromMapping(**overrides)  # type: ignore[arg-type]  # pydantic validates at runtime

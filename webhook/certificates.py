@@ -18,6 +18,7 @@ import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
+from core.errors import Reason
 from webhook.errors import CertificateUnavailable, SignatureError
 
 FETCH_TIMEOUT_SECONDS = 3.0
@@ -65,7 +66,7 @@ class CertificateCache:
         the fetch or the parse fails.
         """
         if not self._pattern.fullmatch(url):
-            raise SignatureError("untrusted_certificate_url")
+            raise SignatureError(Reason.UNTRUSTED_CERTIFICATE_URL)
         cached = self._keys.get(url)
         if cached is not None and cached[0] > self._clock():
             return cached[1]

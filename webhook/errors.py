@@ -2,7 +2,7 @@
 
 ::
 
-    WebhookError                     base; never raised itself
+    WebhookError(PipelineError)      base (core.errors); never raised itself
     ├── SignatureError(reason)       401: the delivery will never verify
     ├── EventError                   400 ``bad_event``: verified, but not a usable event
     └── UnavailableError             503: temporary, EventBridge retries
@@ -19,23 +19,29 @@ where they are caught.
 
 from __future__ import annotations
 
-from typing import Literal
+from core.errors import PipelineError, Reason
 
-SignatureReason = Literal[
-    "missing_signature",
-    "bad_timestamp",
-    "expired",
-    "untrusted_certificate_url",
-    "bad_signature",
-    "bad_token",
-]
+SIGNATURE_REASONS = frozenset(
+    {
+        Reason.MISSING_SIGNATURE,
+        Reason.BAD_TIMESTAMP,
+        Reason.EXPIRED,
+        Reason.UNTRUSTED_CERTIFICATE_URL,
+        Reason.UNTRUSTED_CERTIFICATE,
+        Reason.BAD_SIGNATURE,
+        Reason.BAD_TOKEN,
+    }
+)
+"""The 401 reasons of docs/contract.md ("HTTP interface of the webhook")."""
 
 
-class WebhookError(Exception):
+class WebhookError(PipelineError):
     """Base of every error the webhook raises on purpose; ``status`` is the HTTP answer."""
 
     status: int = 500
-    reason: str = "webhook_error"
+
+    def __init__(self, message: str = "", *, reason: Reason | None = None) -> None:
+        super().__init__(message or str(reason or self.reason), reason=reason)
 
 
 class SignatureError(WebhookError):
@@ -43,38 +49,40 @@ class SignatureError(WebhookError):
 
     status = 401
 
-    def __init__(self, reason: SignatureReason, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
+    def __init__(self, reason: Reason, detail: str = "") -> None:
+        if reason not in SIGNATURE_REASONS:
+            raise ValueError(f"{reason} is not a signature reason")
+        reason = Reason(reason)
+        super().__init__(f"{reason}: {detail}" if detail else reason, reason=reason)
 
 
 class EventError(WebhookError):
     """A verified body that is not a JSON object with a usable ``data.task_id`` (400)."""
 
     status = 400
-    reason = "bad_event"
+    reason = Reason.BAD_EVENT
 
 
 class UnavailableError(WebhookError):
     """A temporary failure: nothing was acknowledged, the sender should retry (503)."""
 
     status = 503
-    reason = "unavailable"
+    reason = Reason.UNAVAILABLE
 
 
 class CertificateUnavailable(UnavailableError):
     """The signing certificate could not be fetched or parsed."""
 
-    reason = "certificate_unavailable"
+    reason = Reason.CERTIFICATE_UNAVAILABLE
 
 
 class StoreUnavailable(UnavailableError):
     """Redis did not answer while claiming the receipt."""
 
-    reason = "redis_unavailable"
+    reason = Reason.REDIS_UNAVAILABLE
 
 
 class BrokerUnavailable(UnavailableError):
     """The broker refused or timed out the archive message; the claim was released."""
 
-    reason = "broker_unavailable"
+    reason = Reason.BROKER_UNAVAILABLE

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
+from core.errors import Reason
 from webhook.errors import SignatureError
 
 TIMESTAMP = "x-eventbridge-signature-timestamp"
@@ -85,10 +86,10 @@ def generation_of(headers: Mapping[str, str]) -> Generation:
     elif SIGNATURE_V1 in headers and SECRET in headers:
         generation = "v1"
     else:
-        raise SignatureError("missing_signature")
+        raise SignatureError(Reason.MISSING_SIGNATURE)
     missing = [name for name in _REQUIRED[generation] if name not in headers]
     if missing:
-        raise SignatureError("missing_signature", ", ".join(missing))
+        raise SignatureError(Reason.MISSING_SIGNATURE, ", ".join(missing))
     return generation
 
 
@@ -99,9 +100,9 @@ def check_timestamp(value: str, *, now_ms: int, max_skew_ms: int) -> None:
     ``expired`` when too old or too far in the future.
     """
     if not _MILLIS.fullmatch(value):
-        raise SignatureError("bad_timestamp")
+        raise SignatureError(Reason.BAD_TIMESTAMP)
     if abs(now_ms - int(value)) > max_skew_ms:
-        raise SignatureError("expired")
+        raise SignatureError(Reason.EXPIRED)
 
 
 def strings_to_sign(
@@ -126,14 +127,14 @@ def _lines(headers: Mapping[str, str], names: tuple[str, ...]) -> bytes:
     try:
         return b"".join(f"{name}: {headers[name]}\n".encode("latin-1") for name in names)
     except UnicodeEncodeError as exc:
-        raise SignatureError("bad_signature", "header is not latin-1") from exc
+        raise SignatureError(Reason.BAD_SIGNATURE, "header is not latin-1") from exc
 
 
 def _b64(value: str) -> bytes:
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise SignatureError("bad_signature", "not Base64") from exc
+        raise SignatureError(Reason.BAD_SIGNATURE, "not Base64") from exc
 
 
 def verify_v2(key: RSAPublicKey, signature_b64: str, candidates: list[bytes]) -> None:
@@ -145,7 +146,7 @@ def verify_v2(key: RSAPublicKey, signature_b64: str, candidates: list[bytes]) ->
             return
         except InvalidSignature:
             continue
-    raise SignatureError("bad_signature")
+    raise SignatureError(Reason.BAD_SIGNATURE)
 
 
 def verify_v1(key: RSAPublicKey, secret_b64: str, hmac_b64: str, candidates: list[bytes]) -> None:
@@ -154,12 +155,12 @@ def verify_v1(key: RSAPublicKey, secret_b64: str, hmac_b64: str, candidates: lis
     try:
         secret = key.recover_data_from_signature(_b64(secret_b64), padding.PKCS1v15(), None)
     except (InvalidSignature, ValueError) as exc:
-        raise SignatureError("bad_signature", "secret does not unpad") from exc
+        raise SignatureError(Reason.BAD_SIGNATURE, "secret does not unpad") from exc
     for candidate in candidates:
         digest = hmac.new(secret, candidate, hashlib.sha1).digest()
         if hmac.compare_digest(digest, expected):
             return
-    raise SignatureError("bad_signature")
+    raise SignatureError(Reason.BAD_SIGNATURE)
 
 
 def check_token(headers: Mapping[str, str], token: str | None) -> None:
@@ -168,7 +169,7 @@ def check_token(headers: Mapping[str, str], token: str | None) -> None:
         return
     sent = headers.get(TOKEN, "").encode("latin-1", "replace")
     if not hmac.compare_digest(sent, token.encode("latin-1", "replace")):
-        raise SignatureError("bad_token")
+        raise SignatureError(Reason.BAD_TOKEN)
 
 
 def verify_delivery(

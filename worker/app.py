@@ -16,15 +16,23 @@ Delivery guarantees (Celery user guide, "Tasks" → ``acks_late``; kombu's Redis
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
+import structlog
 from celery import Celery
+from celery.signals import task_prerun, worker_ready
 
 from core.broker import broker_config
 from core.logs import configure_logging
+from core.queues import ARCHIVE_TASK
 from core.settings import Settings, load_settings
+from worker import metrics
+
+T = TypeVar("T")
 
 TASK_MODULES: list[str] = [
     "worker.submission.tasks",
@@ -50,7 +58,12 @@ BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
 
 
 class AsrCelery(Celery):  # type: ignore[misc]  # Celery is untyped
-    """Celery with the project's settings and a lazily created Redis client attached."""
+    """Celery with the project's settings and its per-process clients attached.
+
+    This is the one place that holds process-wide state of a worker: the Redis client and the
+    feature services (:meth:`per_process`). Everything is built on first use, in the process
+    that uses it (after the prefork pool forks), never at import.
+    """
 
     settings: Settings
 
@@ -58,6 +71,19 @@ class AsrCelery(Celery):  # type: ignore[misc]  # Celery is untyped
     def redis(self) -> redis.Redis:
         """Client for ``REDIS_URL`` (receipts, locks, rate-limit buckets, dead letters)."""
         return redis.Redis.from_url(self.settings.redis_url, health_check_interval=30)
+
+    @cached_property
+    def _per_process(self) -> tuple[threading.Lock, dict[str, Any]]:
+        return threading.Lock(), {}
+
+    def per_process(self, name: str, build: Callable[[], T]) -> T:
+        """The object ``name`` of this app, built by ``build`` once (thread-safe)."""
+        lock, built = self._per_process
+        with lock:
+            if name not in built:
+                built[name] = build()
+            found: T = built[name]
+            return found
 
 
 def beat_schedule(interval_s: float) -> dict[str, dict[str, Any]]:
@@ -93,10 +119,37 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def create_celery(settings: Settings | None = None) -> AsrCelery:
-    """Build the Celery app for ``settings`` (default: read from the environment)."""
+    """Build the Celery app for ``settings`` (default: read from the environment).
+
+    Configures logging and connects the worker's signal handlers (both idempotent).
+    """
     settings = settings or load_settings()
     configure_logging(settings.log_format)
+    connect_signals()
     app = AsrCelery("asr_ingest", include=TASK_MODULES)
     app.settings = settings
     app.conf.update(celery_config(settings))
     return app
+
+
+def _bind_task_context(task_id: str, task: Any, args: Any = (), **_: Any) -> None:
+    """Bind ``celery_id``, the task name and (archive tasks) ``task_id`` to log lines."""
+    structlog.contextvars.clear_contextvars()
+    bound = {"celery_id": task_id, "task": task.name}
+    if task.name == ARCHIVE_TASK and args:
+        bound["task_id"] = str(args[0])
+    structlog.contextvars.bind_contextvars(**bound)
+
+
+def _serve_metrics(sender: Any, **_: Any) -> None:
+    """Serve the worker's metrics on ``WORKER_METRICS_PORT`` once the worker is ready."""
+    settings: Settings = sender.app.settings
+    if settings.worker_metrics_port is not None:
+        metrics.serve(settings.worker_metrics_port, settings.prometheus_multiproc_dir)
+        structlog.get_logger(__name__).info("metrics served", port=settings.worker_metrics_port)
+
+
+def connect_signals() -> None:
+    """Connect the handlers above to Celery's signals (once per process: ``dispatch_uid``)."""
+    task_prerun.connect(_bind_task_context, dispatch_uid="asr_ingest.bind_task_context")
+    worker_ready.connect(_serve_metrics, dispatch_uid="asr_ingest.serve_metrics")

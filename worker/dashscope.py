@@ -29,11 +29,9 @@ from typing import Any
 import httpx
 import tenacity
 
-from core.errors import PermanentError, TransientError
+from core.errors import PermanentError, Reason, TransientError, is_retryable_status
 from core.models import is_single_file
 from core.settings import Settings
-
-_RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 
 
 class DashScopeError(PermanentError):
@@ -43,7 +41,7 @@ class DashScopeError(PermanentError):
     (``InvalidApiKey``, ``InvalidParameter``, ...; "" when absent).
     """
 
-    reason = "dashscope_rejected"
+    reason = Reason.DASHSCOPE_REJECTED
 
     def __init__(self, status: int, code: str, message: str, request_id: str = "") -> None:
         super().__init__(f"DashScope answered {status} {code}: {message}")
@@ -85,9 +83,9 @@ def _error_fields(response: httpx.Response) -> tuple[str, str, str]:
 def _check(response: httpx.Response) -> dict[str, Any]:
     """The JSON object of a 200 answer; raise the tree's error for anything else."""
     status = response.status_code
-    if status in _RETRYABLE_STATUS:
+    if is_retryable_status(status):
         code, message, _ = _error_fields(response)
-        reason = "dashscope_throttled" if status == 429 else "dashscope_unavailable"
+        reason = Reason.DASHSCOPE_THROTTLED if status == 429 else Reason.DASHSCOPE_UNAVAILABLE
         raise TransientError(f"DashScope answered {status} {code}: {message}", reason=reason)
     if status != 200:
         raise DashScopeError(status, *_error_fields(response))
@@ -147,7 +145,7 @@ class DashScopeClient:
         Raises :class:`PermanentError` (``no_api_key``) when no API key is configured.
         """
         if settings.dashscope_api_key is None:
-            raise PermanentError("DASHSCOPE_API_KEY is not set", reason="no_api_key")
+            raise PermanentError("DASHSCOPE_API_KEY is not set", reason=Reason.NO_API_KEY)
         return cls(
             settings.dashscope_base_url,
             settings.dashscope_api_key.get_secret_value(),
@@ -197,6 +195,6 @@ class DashScopeClient:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             raise TransientError(
-                f"DashScope {method} {path}: {type(exc).__name__}", reason="dashscope_network"
+                f"DashScope {method} {path}: {type(exc).__name__}", reason=Reason.DASHSCOPE_NETWORK
             ) from exc
         return _check(response)

@@ -14,6 +14,9 @@ Labels stay low-cardinality: ``destination`` is the destination kind (``file``, 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cache
+
 from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
@@ -27,47 +30,62 @@ from prometheus_client.multiprocess import MultiProcessCollector
 SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
 LAG_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
 
-ARCHIVED_FILES = Counter(
-    "asr_archive_files", "Result files archived, by destination kind.", ["destination"]
-)
-ARCHIVED_BYTES = Counter(
-    "asr_archive_bytes", "Result bytes archived, by destination kind.", ["destination"]
-)
-FAILURES = Counter(
-    "asr_archive_failures", "Archive failures (files or tasks) by error reason.", ["reason"]
-)
-TASK_SECONDS = Histogram(
-    "asr_archive_task_seconds",
-    "Duration of one archive task run, seconds, by outcome.",
-    ["outcome"],
-    buckets=SECONDS_BUCKETS,
-)
-LAG_SECONDS = Histogram(
-    "asr_archive_lag_seconds",
-    "From the event's receipt to its manifest being written, seconds.",
-    buckets=LAG_BUCKETS,
-)
+
+@dataclass(frozen=True)
+class _ArchiveMetrics:
+    files: Counter
+    bytes: Counter
+    failures: Counter
+    task_seconds: Histogram
+    lag_seconds: Histogram
+
+
+@cache
+def _metrics() -> _ArchiveMetrics:
+    """Register the metrics on first use (never at import: entry points decide)."""
+    return _ArchiveMetrics(
+        files=Counter(
+            "asr_archive_files", "Result files archived, by destination kind.", ["destination"]
+        ),
+        bytes=Counter(
+            "asr_archive_bytes", "Result bytes archived, by destination kind.", ["destination"]
+        ),
+        failures=Counter(
+            "asr_archive_failures", "Archive failures (files or tasks) by error reason.", ["reason"]
+        ),
+        task_seconds=Histogram(
+            "asr_archive_task_seconds",
+            "Duration of one archive task run, seconds, by outcome.",
+            ["outcome"],
+            buckets=SECONDS_BUCKETS,
+        ),
+        lag_seconds=Histogram(
+            "asr_archive_lag_seconds",
+            "From the event's receipt to its manifest being written, seconds.",
+            buckets=LAG_BUCKETS,
+        ),
+    )
 
 
 def file_archived(destination: str, size: int) -> None:
     """Count one result file of ``size`` bytes written to a ``destination`` kind."""
-    ARCHIVED_FILES.labels(destination=destination).inc()
-    ARCHIVED_BYTES.labels(destination=destination).inc(size)
+    _metrics().files.labels(destination=destination).inc()
+    _metrics().bytes.labels(destination=destination).inc(size)
 
 
 def failure(reason: str) -> None:
     """Count one failure with ``reason``."""
-    FAILURES.labels(reason=reason).inc()
+    _metrics().failures.labels(reason=reason).inc()
 
 
 def task_finished(outcome: str, seconds: float) -> None:
     """Record one task run's ``outcome`` and duration in seconds."""
-    TASK_SECONDS.labels(outcome=outcome).observe(seconds)
+    _metrics().task_seconds.labels(outcome=outcome).observe(seconds)
 
 
 def archived_lag(seconds: float) -> None:
     """Record the event-to-archive lag of one task, seconds."""
-    LAG_SECONDS.observe(max(0.0, seconds))
+    _metrics().lag_seconds.observe(max(0.0, seconds))
 
 
 def _registry(multiproc_dir: str | None) -> CollectorRegistry:

@@ -11,7 +11,7 @@ import time
 
 import redis
 
-from core.errors import TransientError
+from core.errors import Reason, TransientError
 
 # KEYS[1] bucket hash; ARGV: rate (tokens/s), burst (tokens), ttl (s).
 # Returns 0 when a token was taken, else the wait in microseconds until one is available.
@@ -58,7 +58,7 @@ class RateLimiter:
         deadline = time.monotonic() + timeout_s
         while (wait := self.try_acquire()) > 0:
             if time.monotonic() + wait > deadline:
-                raise TransientError(f"rate limit {self.key} busy", reason="rate_limited")
+                raise TransientError(f"rate limit {self.key} busy", reason=Reason.RATE_LIMITED)
             time.sleep(wait)
 
 

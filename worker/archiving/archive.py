@@ -1,10 +1,6 @@
 """Archive one task: its event, its result files, then its manifest, to every destination.
 
-Layout under each destination's prefix (`docs/contract.md`, "Archive layout")::
-
-    <task_id>/event.json          the event, query strings of all URLs removed
-    <task_id>/results/<nnnn>.json  file n's result, byte for byte as served
-    <task_id>/manifest.json       written last: its presence means "fully archived"
+The layout and the manifest's fields are :mod:`worker.archiving.manifest`'s.
 
 Idempotence and resume: a task whose manifest exists at every destination is done
 (:meth:`Archiver.is_archived`). Progress is recorded in Redis after each object reaches every
@@ -30,15 +26,15 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, cast
 
 import redis
 
-from core.errors import ExpiredLinkError, PermanentError, TransientError, WorkerError
+from core.errors import ExpiredLinkError, PermanentError, PipelineError, Reason, TransientError
 from core.events import ResultEntry, TaskEvent, parse_event, redact_event, with_output
 from core.store import Receipt
 from worker import metrics
+from worker.archiving import manifest as mf
 from worker.archiving.destinations import Destination
 from worker.archiving.fetch import ResultFetcher
 
@@ -48,20 +44,12 @@ QueryFn = Callable[[str], dict[str, Any]]
 """``GET /tasks/{task_id}``: the full JSON answer (`docs/dashscope-transcription.md`)."""
 
 
-def _iso(epoch_s: float) -> str:
-    return datetime.fromtimestamp(epoch_s, UTC).isoformat().replace("+00:00", "Z")
-
-
-def _error(exc: WorkerError) -> dict[str, str]:
-    return {"reason": exc.reason, "message": str(exc)}
-
-
 @dataclass
 class Outcome:
     """What a run produced: the ``manifest`` written and the errors recorded in it."""
 
     manifest: dict[str, Any]
-    errors: list[WorkerError] = field(default_factory=list)
+    errors: list[PipelineError] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -127,7 +115,7 @@ class Archiver:
 
     def is_archived(self, task_id: str) -> bool:
         """True when ``<task_id>/manifest.json`` exists at every destination."""
-        return all(d.exists(f"{task_id}/manifest.json") for d in self.destinations)
+        return all(d.exists(mf.manifest_key(task_id)) for d in self.destinations)
 
     def run(self, receipt: Receipt, progress: Progress, *, final: bool = False) -> Outcome:
         """Archive ``receipt``'s task and write its manifest; returns the outcome.
@@ -142,18 +130,16 @@ class Archiver:
         except PermanentError as exc:
             return self.fail(receipt, exc)
         files, errors = self._files(event, progress, final)
-        manifest = self._manifest(receipt, event.model, event.task_status, files)
+        manifest = mf.new_manifest(receipt, event.model, event.task_status, files, self.clock())
         manifest.update(code=event.code, message=event.message)
         manifest["archive_status"] = "partial" if errors else "complete"
         self._write_manifest(receipt.task_id, manifest)
         return Outcome(manifest, errors)
 
-    def fail(self, receipt: Receipt, exc: WorkerError) -> Outcome:
+    def fail(self, receipt: Receipt, exc: PipelineError) -> Outcome:
         """Write a manifest that records a task-level failure ``exc``; returns the outcome."""
         metrics.failure(exc.reason)
-        manifest = self._manifest(receipt, receipt.model, "UNKNOWN", [])
-        manifest.update(code=None, message=None, archive_status="failed")
-        manifest["archive_error"] = _error(exc)
+        manifest = mf.failed_manifest(receipt, exc, self.clock())
         self._write_manifest(receipt.task_id, manifest)
         return Outcome(manifest, [exc])
 
@@ -162,32 +148,32 @@ class Archiver:
         if event.entries is not None:
             return event
         if self.query is None:
-            raise PermanentError("event has no result and no query client", reason="no_result")
+            raise PermanentError("event has no result and no query client", reason=Reason.NO_RESULT)
         queried = with_output(event, self.query(event.task_id).get("output"))
         if queried.task_status in _UNFINISHED:
-            raise TransientError(f"task is {queried.task_status}", reason="task_not_finished")
+            raise TransientError(f"task is {queried.task_status}", reason=Reason.TASK_NOT_FINISHED)
         return queried
 
     def _event_json(self, receipt: Receipt, progress: Progress) -> None:
         if progress.done("event"):
             return
         body = redact_event(receipt.body)
-        self._put_bytes(f"{receipt.task_id}/event.json", body)
+        self._put_bytes(mf.event_key(receipt.task_id), body)
         progress.mark("event", {"bytes": len(body)})
 
     def _files(
         self, event: TaskEvent, progress: Progress, final: bool
-    ) -> tuple[list[dict[str, Any]], list[WorkerError]]:
+    ) -> tuple[list[dict[str, Any]], list[PipelineError]]:
         entries = list(event.entries or ())
-        files = [_file_record(entry) for entry in entries]
+        files = [mf.file_record(entry) for entry in entries]
         fresh: dict[str, TaskEvent] = {}
 
-        def archive(n: int) -> WorkerError | None:
+        def archive(n: int) -> PipelineError | None:
             if not entries[n].succeeded:
                 return None
             try:
                 files[n].update(self._archive_entry(event, entries[n], progress, fresh))
-            except WorkerError as exc:
+            except PipelineError as exc:
                 return exc
             return None
 
@@ -197,7 +183,7 @@ class Archiver:
                 pool.submit(contextvars.copy_context().run, archive, n) for n in range(len(entries))
             ]
             outcomes = [future.result() for future in futures]
-        errors: list[WorkerError] = []
+        errors: list[PipelineError] = []
         transient: list[TransientError] = []
         for record, exc in zip(files, outcomes, strict=True):
             if exc is not None:
@@ -218,11 +204,11 @@ class Archiver:
         except ExpiredLinkError as exc:
             renewed = self._renewed_entry(event, entry, fresh)
             if renewed is None:
-                raise PermanentError(str(exc), reason="expired_link") from exc
+                raise PermanentError(str(exc), reason=Reason.EXPIRED_LINK) from exc
             try:
                 written = self._one_file(event.task_id, renewed)
             except ExpiredLinkError as again:
-                raise PermanentError(str(again), reason="expired_link") from again
+                raise PermanentError(str(again), reason=Reason.EXPIRED_LINK) from again
         progress.mark(name, written)
         return written
 
@@ -242,7 +228,7 @@ class Archiver:
         return None
 
     def _one_file(self, task_id: str, entry: ResultEntry) -> dict[str, Any]:
-        key = f"{task_id}/results/{entry.index:04d}.json"
+        key = mf.result_key(task_id, entry.index)
         with self.fetcher.download(entry.transcription_url or "") as body:
             for destination in self.destinations:
                 self.guard()
@@ -258,25 +244,8 @@ class Archiver:
                 )
             return record
 
-    def _manifest(
-        self, receipt: Receipt, model: str, status: str, files: list[dict[str, Any]]
-    ) -> dict[str, Any]:
-        return {
-            "task_id": receipt.task_id,
-            "model": model,
-            "task_status": status,
-            "event_id": receipt.event_id,
-            "event_sha256": hashlib.sha256(receipt.body).hexdigest(),
-            "source": receipt.source,
-            "received_at": _iso(receipt.received_at),
-            "archived_at": _iso(self.clock()),
-            "files": files,
-            "archive_error": None,
-        }
-
     def _write_manifest(self, task_id: str, manifest: dict[str, Any]) -> None:
-        body = json.dumps(manifest, ensure_ascii=False, indent=2).encode()
-        self._put_bytes(f"{task_id}/manifest.json", body)
+        self._put_bytes(mf.manifest_key(task_id), mf.encode(manifest))
 
     def _put_bytes(self, key: str, body: bytes) -> None:
         for destination in self.destinations:
@@ -284,30 +253,16 @@ class Archiver:
             destination.put_bytes(key, body)
 
 
-def _file_record(entry: ResultEntry) -> dict[str, Any]:
-    return {
-        "index": entry.index,
-        "file_url": entry.file_url,
-        "subtask_status": entry.subtask_status,
-        "key": None,
-        "bytes": None,
-        "sha256": None,
-        "code": entry.code,
-        "message": entry.message,
-        "error": None,
-    }
-
-
 def _record_failure(
     record: dict[str, Any],
-    exc: WorkerError,
+    exc: PipelineError,
     final: bool,
-    errors: list[WorkerError],
+    errors: list[PipelineError],
     transient: list[TransientError],
 ) -> None:
     if isinstance(exc, TransientError) and not final:
         transient.append(exc)
         return
-    record["error"] = _error(exc)
+    record["error"] = mf.error_record(exc)
     metrics.failure(exc.reason)
     errors.append(exc)

@@ -13,6 +13,7 @@ network errors, timeouts, 429 and 5xx, else :class:`PermanentError` (``destinati
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ import oss2
 from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 
-from core.errors import PermanentError, TransientError
+from core.errors import PermanentError, PipelineError, Reason, TransientError, http_error
 from core.settings import Settings
 
 
@@ -51,11 +52,17 @@ class Destination(Protocol):
 
 
 def _transient(exc: Exception) -> TransientError:
-    return TransientError(f"destination unavailable: {exc}", reason="destination_unavailable")
+    return TransientError(f"destination unavailable: {exc}", reason=Reason.DESTINATION_UNAVAILABLE)
 
 
-def _rejected(exc: Exception) -> PermanentError:
-    return PermanentError(f"destination rejected the write: {exc}", reason="destination_rejected")
+def _answered(status: int, exc: Exception) -> PipelineError:
+    """The error for a destination's HTTP ``status`` (:func:`core.errors.http_error`)."""
+    return http_error(
+        status,
+        f"destination answered {status}: {exc}",
+        transient=Reason.DESTINATION_UNAVAILABLE,
+        permanent=Reason.DESTINATION_REJECTED,
+    )
 
 
 class LocalDestination:
@@ -86,16 +93,34 @@ class LocalDestination:
     @contextmanager
     def _atomic(self, key: str) -> Iterator[Any]:
         target = self.root / key
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(dir=target.parent, prefix=".part-")
+        name = ""
         try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            handle, name = tempfile.mkstemp(dir=target.parent, prefix=".part-")
             with os.fdopen(handle, "wb") as out:
                 yield out
             os.replace(name, target)
         except OSError as exc:
-            raise _rejected(exc) from exc
+            raise local_error(exc, "archive directory") from exc
         finally:
-            Path(name).unlink(missing_ok=True)
+            if name:
+                Path(name).unlink(missing_ok=True)
+
+
+SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+"""No space left (or quota exceeded): transient, since freeing space cures it."""
+
+
+def local_error(exc: OSError, what: str) -> PipelineError:
+    """The error for a local file system failure on ``what`` (a directory's role).
+
+    A full disk or quota is :class:`TransientError` (``disk_full``); anything else (read-only,
+    permission denied, not a directory) is :class:`PermanentError` (``destination_rejected``).
+    """
+    message = f"{what}: {exc.strerror or exc}"
+    if exc.errno in SPACE_ERRNOS:
+        return TransientError(message, reason=Reason.DISK_FULL)
+    return PermanentError(message, reason=Reason.DESTINATION_REJECTED)
 
 
 class S3Destination:
@@ -152,7 +177,7 @@ class S3Destination:
             yield
         except botocore.exceptions.ClientError as exc:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            raise (_transient(exc) if status == 429 or status >= 500 else _rejected(exc)) from exc
+            raise _answered(status, exc) from exc
         except (botocore.exceptions.BotoCoreError, S3UploadFailedError) as exc:
             raise _transient(exc) from exc
 
@@ -197,9 +222,7 @@ class OssDestination:
         try:
             yield
         except oss2.exceptions.OssError as exc:
-            status = int(exc.status)
-            transient = status < 0 or status == 429 or status >= 500
-            raise (_transient(exc) if transient else _rejected(exc)) from exc
+            raise _answered(int(exc.status), exc) from exc
 
 
 def _prefix(path: str) -> str:
@@ -223,7 +246,7 @@ def open_destination(url: str, settings: Settings) -> Destination:
         bucket = _oss_bucket(parts.netloc, settings)
         spool = settings.archive_spool_dir or tempfile.gettempdir()
         return OssDestination(bucket, _prefix(parts.path), _multipart(settings), spool)
-    raise PermanentError(f"unknown archive scheme {parts.scheme!r}", reason="bad_destination")
+    raise PermanentError(f"unknown archive scheme {parts.scheme!r}", reason=Reason.BAD_DESTINATION)
 
 
 def _multipart(settings: Settings) -> int:
@@ -233,7 +256,9 @@ def _multipart(settings: Settings) -> int:
 def _oss_bucket(name: str, settings: Settings) -> oss2.Bucket:
     secret = settings.oss_access_key_secret
     if not (settings.oss_endpoint and settings.oss_access_key_id and secret):
-        raise PermanentError("oss:// destination without OSS_* settings", reason="bad_destination")
+        raise PermanentError(
+            "oss:// destination without OSS_* settings", reason=Reason.BAD_DESTINATION
+        )
     auth = oss2.Auth(settings.oss_access_key_id, secret.get_secret_value())
     return oss2.Bucket(auth, settings.oss_endpoint, name)
 

@@ -33,7 +33,7 @@ from typing import IO, Any
 import httpx
 import ijson
 
-from core.errors import ExpiredLinkError, PermanentError, TransientError
+from core.errors import ExpiredLinkError, PermanentError, Reason, TransientError
 from core.logs import strip_query
 from core.settings import Settings
 from worker.archiving.scrub import StreamScrubber, scrub
@@ -99,7 +99,9 @@ class _Body:
     def feed(self, chunk: bytes) -> None:
         self.size += len(chunk)
         if self.size > self.max_bytes:
-            raise PermanentError(f"result over {self.max_bytes} bytes", reason="result_too_large")
+            raise PermanentError(
+                f"result over {self.max_bytes} bytes", reason=Reason.RESULT_TOO_LARGE
+            )
         self.digest.update(chunk)
         if self._file is None and self.size <= SMALL_JSON_BYTES:
             self.head += chunk
@@ -163,7 +165,7 @@ def _json_errors() -> Iterator[None]:
     try:
         yield
     except (ijson.JSONError, ValueError) as exc:
-        raise PermanentError("result body is not JSON", reason="result_not_json") from exc
+        raise PermanentError("result body is not JSON", reason=Reason.RESULT_NOT_JSON) from exc
 
 
 @contextmanager
@@ -172,9 +174,9 @@ def _http_errors(url: str) -> Iterator[None]:
     try:
         yield
     except httpx.TimeoutException as exc:
-        raise TransientError(f"timeout fetching {url}", reason="result_timeout") from exc
+        raise TransientError(f"timeout fetching {url}", reason=Reason.RESULT_TIMEOUT) from exc
     except httpx.TransportError as exc:
-        raise TransientError(f"network error fetching {url}", reason="result_network") from exc
+        raise TransientError(f"network error fetching {url}", reason=Reason.RESULT_NETWORK) from exc
 
 
 def _check_status(response: httpx.Response, url: str) -> None:
@@ -182,11 +184,11 @@ def _check_status(response: httpx.Response, url: str) -> None:
     if status in (403, 404):
         raise ExpiredLinkError(f"{status} from {url}")
     if status == 429:
-        raise TransientError(f"429 from {url}", reason="result_http_429")
+        raise TransientError(f"429 from {url}", reason=Reason.RESULT_HTTP_429)
     if status >= 500:
-        raise TransientError(f"{status} from {url}", reason="result_http_5xx")
+        raise TransientError(f"{status} from {url}", reason=Reason.RESULT_HTTP_5XX)
     if status >= 300:
-        raise PermanentError(f"{status} from {url}", reason="result_http_4xx")
+        raise PermanentError(f"{status} from {url}", reason=Reason.RESULT_HTTP_4XX)
 
 
 class ResultFetcher:
@@ -250,16 +252,19 @@ class ResultFetcher:
                 _check_status(answer, strip_query(target))
                 declared = answer.headers.get("content-length", "")
                 if declared.isdigit() and int(declared) > self.max_bytes:
-                    raise PermanentError(f"result of {declared} bytes", reason="result_too_large")
+                    raise PermanentError(
+                        f"result of {declared} bytes", reason=Reason.RESULT_TOO_LARGE
+                    )
                 for chunk in answer.iter_bytes(CHUNK_BYTES):
                     body.feed(chunk)
                 return
-        raise PermanentError("too many redirects", reason="url_not_allowed")
+        raise PermanentError("too many redirects", reason=Reason.URL_NOT_ALLOWED)
 
     def _allowed(self, url: str) -> str:
         if not self.url_pattern.fullmatch(url):
             raise PermanentError(
-                f"result URL {strip_query(url)} outside RESULT_URL_REGEX", reason="url_not_allowed"
+                f"result URL {strip_query(url)} outside RESULT_URL_REGEX",
+                reason=Reason.URL_NOT_ALLOWED,
             )
         return url
 
@@ -269,6 +274,6 @@ class ResultFetcher:
         origin = httpx.URL(current)
         if (target.scheme, target.host, target.port) != (origin.scheme, origin.host, origin.port):
             raise PermanentError(
-                f"redirect to another host {target.host}", reason="url_not_allowed"
+                f"redirect to another host {target.host}", reason=Reason.URL_NOT_ALLOWED
             )
         return self._allowed(str(target))

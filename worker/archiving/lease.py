@@ -23,7 +23,7 @@ from types import TracebackType
 
 import redis
 
-from core.errors import TransientError
+from core.errors import Reason, TransientError
 
 LEASE_KEY = "asr:archive:lease:{task_id}"
 INFLIGHT_KEY = "asr:archive:inflight"
@@ -78,7 +78,7 @@ class Lease:
     def check(self) -> None:
         """Raise :class:`TransientError` (``lease_lost``) when another worker may hold it."""
         if self._lost:
-            raise TransientError(f"lease of {self.task_id} lost", reason="lease_lost")
+            raise TransientError(f"lease of {self.task_id} lost", reason=Reason.LEASE_LOST)
 
     def release(self, *, finished: bool) -> None:
         """Give the lease up; ``finished`` also removes the task from the in-flight set."""

@@ -22,7 +22,7 @@ from urllib.parse import unquote, urlsplit
 import oss2
 import tenacity
 
-from core.errors import PermanentError, TransientError
+from core.errors import PermanentError, Reason, TransientError, http_error
 from core.settings import Settings
 
 SUPPORTED_FORMATS = frozenset(
@@ -112,7 +112,7 @@ def parse_media_url(media_url: str) -> tuple[str, str]:
     parts = urlsplit(media_url)
     if parts.scheme != "oss" or not parts.netloc:
         raise PermanentError(
-            f"MEDIA_URL must be oss://bucket/prefix, got {media_url!r}", reason="bad_media_url"
+            f"MEDIA_URL must be oss://bucket/prefix, got {media_url!r}", reason=Reason.BAD_MEDIA_URL
         )
     return parts.netloc, parts.path.strip("/")
 
@@ -156,7 +156,9 @@ class MediaBucket:
         Raises :class:`PermanentError` (``bad_media_url``) when MEDIA_URL or OSS is not set.
         """
         if not settings.media_url or not settings.oss_endpoint:
-            raise PermanentError("MEDIA_URL and OSS_ENDPOINT must be set", reason="bad_media_url")
+            raise PermanentError(
+                "MEDIA_URL and OSS_ENDPOINT must be set", reason=Reason.BAD_MEDIA_URL
+            )
         name, prefix = parse_media_url(settings.media_url)
         secret = settings.oss_access_key_secret
         auth = oss2.Auth(
@@ -226,6 +228,6 @@ class MediaBucket:
 def _translate(exc: oss2.exceptions.OssError, action: str) -> Exception:
     status = int(exc.status)
     message = f"media {action} failed: {status} {getattr(exc, 'code', '')}"
-    if status < 0 or status == 429 or status >= 500:
-        return TransientError(message, reason="media_unavailable")
-    return PermanentError(message, reason="media_rejected")
+    return http_error(
+        status, message, transient=Reason.MEDIA_UNAVAILABLE, permanent=Reason.MEDIA_REJECTED
+    )

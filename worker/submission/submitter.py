@@ -17,7 +17,7 @@ from typing import Any
 import redis
 import structlog
 
-from core.errors import PermanentError
+from core.errors import PermanentError, Reason
 from core.models import family_of
 from core.settings import Settings
 from worker.dashscope import DashScopeClient
@@ -115,14 +115,14 @@ class Submitter:
         """
         sub = self.store.load(task_id)
         if sub is None:
-            raise PermanentError(f"task {task_id} was not submitted here", reason="not_ours")
+            raise PermanentError(f"task {task_id} was not submitted here", reason=Reason.NOT_OURS)
         failed = subtask_failures(output, sub.files)
         retry = [entry for entry in sub.files if entry.key in failed]
         if not retry:
             return []
         if not self.store.claim_resubmit(task_id):
             raise PermanentError(
-                f"task {task_id} was resubmitted before", reason="already_resubmitted"
+                f"task {task_id} was resubmitted before", reason=Reason.ALREADY_RESUBMITTED
             )
         new_ids = []
         for batch in plan_batches(retry, sub.model, self.settings.submit_batch_size):
@@ -150,7 +150,7 @@ class Submitter:
         try:
             sha = sha256_of(media.path)
         except OSError as exc:
-            self.store.set_file(run_id, media.path, FileState("failed", reason="unreadable"))
+            self.store.set_file(run_id, media.path, FileState("failed", reason=Reason.UNREADABLE))
             log.warning("media_unreadable", path=media.path, error=type(exc).__name__)
             return None
         key = self.media.object_key(sha, media.path)

@@ -13,7 +13,13 @@ import redis
 from celery import Task, shared_task
 
 from core.errors import PermanentError, TransientError
-from core.queues import ARCHIVE_QUEUE, ARCHIVE_TASK, SUBMIT_QUEUE
+from core.queues import (
+    ARCHIVE_QUEUE,
+    ARCHIVE_TASK,
+    RECONCILE_TASK,
+    SUBMIT_BATCH_TASK,
+    SUBMIT_QUEUE,
+)
 from core.store import ReceiptStore
 from worker.app import AsrCelery
 from worker.dashscope import DashScopeClient, DashScopeError
@@ -22,19 +28,15 @@ from worker.submission.reconcile import Reconciler, locked_sweep
 from worker.submission.submissions import SubmissionStore
 from worker.submission.submitter import Submitter
 
-SUBMIT_BATCH_TASK = "asr_ingest.submit_batch"
-"""Upload and submit batch ``n`` of run ``run_id``; arguments ``(run_id: str, n: int)``."""
-RECONCILE_TASK = "asr_ingest.reconcile"
-"""One reconciliation sweep; no arguments (beat sends it)."""
-
 MAX_RETRIES = 8
-_submitters: dict[int, Submitter] = {}
 
 
 def _submitter(app: AsrCelery) -> Submitter:
-    if id(app) not in _submitters:
-        _submitters[id(app)] = Submitter.from_settings(app.settings, app.redis)
-    return _submitters[id(app)]
+    """The submitter of ``app`` (built once per process, kept on the app)."""
+    built: Submitter = app.per_process(
+        "submitter", lambda: Submitter.from_settings(app.settings, app.redis)
+    )
+    return built
 
 
 def retry_countdown(retries: int) -> float:

@@ -19,6 +19,7 @@ import redis
 
 from core.settings import Settings
 from core.store import ReceiptStore
+from worker.archiving import manifest as mf
 from worker.archiving.destinations import open_destinations
 from worker.ratelimit import query_limiter
 from worker.submission.media import key_in_url
@@ -55,38 +56,27 @@ TaskResults = dict[str, tuple[bool, str, str]]
 """Object key → (succeeded, reason, archive key) for every file of a task."""
 
 
-def manifest_results(manifest: dict[str, Any], sub: Submission) -> TaskResults:
+def manifest_results(manifest: mf.Manifest, sub: Submission) -> TaskResults:
     """Object key → (succeeded, reason, archive key) for every file of ``sub``, from ``manifest``.
 
     The archive key is the manifest entry's ``key`` (the result object, relative to the
-    destination's prefix), "" when nothing was archived.
-
-    A file missing from the manifest's ``files`` failed with the task (``archive_error``,
-    else the task's ``code``).
+    destination's prefix), "" when nothing was archived. A file missing from the manifest's
+    ``files`` failed with the task (:func:`worker.archiving.manifest.failure_reason`).
     """
     keys = [entry.key for entry in sub.files]
-    entries = [e for e in manifest.get("files") or [] if isinstance(e, dict)]
+    entries = mf.file_entries(manifest)
     results: TaskResults = {}
     for entry in entries:
         key = key_in_url(str(entry.get("file_url") or ""), keys)
         if key is None and len(keys) == 1 and len(entries) == 1:
             key = keys[0]  # single-file families may not echo file_url
         if key is not None:
-            ok = entry.get("subtask_status") == "SUCCEEDED" and entry.get("key") is not None
+            ok = mf.entry_archived(entry)
             archive_key = str(entry.get("key") or "")
-            results[key] = (ok, "" if ok else _reason(entry, manifest), archive_key)
+            results[key] = (ok, "" if ok else mf.failure_reason(entry, manifest), archive_key)
     for key in keys:
-        results.setdefault(key, (False, _reason({}, manifest), ""))  # e.g. a task-level failure
+        results.setdefault(key, (False, mf.failure_reason({}, manifest), ""))  # task-level
     return results
-
-
-def _reason(entry: dict[str, Any], manifest: dict[str, Any]) -> str:
-    """Why a manifest entry has no archived result: the archive error, else DashScope's code."""
-    for error in (entry.get("error"), manifest.get("archive_error")):
-        if isinstance(error, dict) and error.get("reason"):
-            return str(error["reason"])
-    code, message = entry.get("code") or manifest.get("code"), entry.get("message") or ""
-    return f"{code}: {message}" if code else str(entry.get("subtask_status") or "failed")
 
 
 class OutcomeReader:
@@ -146,17 +136,12 @@ class OutcomeReader:
         sub = self.submissions.load(task_id)
         if receipt is None or sub is None or receipt.state not in FINAL_RECEIPT_STATES:
             return None
-        raw = open_destinations(self._settings)[0].get_bytes(f"{task_id}/manifest.json")
+        raw = open_destinations(self._settings)[0].get_bytes(mf.manifest_key(task_id))
         result: TaskResults | str = "archive_failed"
         if raw is not None:
-            result = manifest_results(json.loads(raw), sub)
+            result = manifest_results(mf.decode(raw), sub)
         self._final[task_id] = result
         return result
-
-
-def file_outcomes(client: redis.Redis, settings: Settings, run_id: str) -> list[FileOutcome]:
-    """Every file of ``run_id`` with its outcome (one-off; see :class:`OutcomeReader`)."""
-    return OutcomeReader(client, settings).run(run_id)
 
 
 def task_status(

@@ -15,7 +15,7 @@ from worker.archiving.lease import (
     reset_deliveries,
     stuck_tasks,
 )
-from worker.archiving.tasks import backoff_seconds
+from worker.archiving.service import ArchiveService
 
 
 def test_lease_is_exclusive_until_released(redis_client: redis.Redis) -> None:
@@ -67,14 +67,15 @@ def test_stuck_tasks_need_old_heartbeat_and_no_lease(redis_client: redis.Redis) 
     assert stuck_tasks(redis_client, 60, now=1000.0) == ["old"]
 
 
-def test_backoff_is_jittered_and_capped() -> None:
+def test_backoff_is_jittered_and_capped(redis_client: redis.Redis) -> None:
     """Backoff grows with retries, stays under the cap and half the visibility timeout."""
     settings = load_settings(
         archive_retry_base_seconds=1.0,
         archive_retry_max_seconds=300.0,
         broker_visibility_timeout_seconds=100,
     )
-    early = [backoff_seconds(settings, 0) for _ in range(200)]
-    late = [backoff_seconds(settings, 20) for _ in range(200)]
+    service = ArchiveService(settings, redis_client, [], None, lambda _: {})  # type: ignore[arg-type]  # backoff needs no fetcher
+    early = [service.backoff_seconds(0) for _ in range(200)]
+    late = [service.backoff_seconds(20) for _ in range(200)]
     assert all(0 <= s <= 1.0 for s in early) and len(set(early)) > 100
     assert all(0 <= s <= 50.0 for s in late) and max(late) > 25.0

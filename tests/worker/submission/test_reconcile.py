@@ -10,7 +10,7 @@ from collections.abc import Callable
 import redis
 
 from core.events import parse_event
-from core.queues import SUBMIT_QUEUE
+from core.queues import RECONCILE_TASK, SUBMIT_BATCH_TASK, SUBMIT_QUEUE
 from core.settings import load_settings
 from core.store import ReceiptStore
 from sandbox.server import Sandbox
@@ -20,7 +20,6 @@ from worker.dashscope import DashScopeClient
 from worker.ratelimit import query_limiter
 from worker.submission.reconcile import Reconciler, locked_sweep, synthesise_event
 from worker.submission.submissions import Submission, SubmissionStore
-from worker.submission.tasks import RECONCILE_TASK, SUBMIT_BATCH_TASK
 
 
 class Harness:

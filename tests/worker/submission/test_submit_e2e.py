@@ -22,13 +22,12 @@ from celery import Celery
 from asr_ingest.stack import Stack
 from asr_ingest.starters import free_port, webhook_spec
 from asr_ingest.submit_cmd import submit_paths, wait_for
-from core.queues import SUBMIT_QUEUE
+from core.queues import RECONCILE_TASK, SUBMIT_QUEUE
 from core.settings import load_settings
 from sandbox.server import Sandbox
 from tests.fixtures.worker import WorkerFactory, broker_url_for
 from tests.worker.submission.submit_support import assert_within_rate, make_bad_media, make_media
 from worker.submission.submissions import SubmissionStore
-from worker.submission.tasks import RECONCILE_TASK
 
 pytestmark = pytest.mark.e2e
 

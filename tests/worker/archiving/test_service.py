@@ -1,0 +1,147 @@
+"""The archive service as plain functions: outcomes, the retry policy, dead letters, the sweep."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from core.errors import Reason
+from core.settings import load_settings
+from core.store import ReceiptStore
+from tests.support import task_events as te
+from tests.support.result_server import Fault, ResultServer
+from worker.archiving.destinations import open_destination
+from worker.archiving.dlq import DeadLetters
+from worker.archiving.fetch import ResultFetcher
+from worker.archiving.lease import Lease
+from worker.archiving.service import ArchiveService, RetryLater
+
+BODY = te.result_file("a.wav", words=20)
+
+
+@pytest.fixture
+def service(
+    redis_client: redis.Redis, result_server: ResultServer, tmp_path: Path
+) -> Iterator[ArchiveService]:
+    """A service archiving to a local directory, with the default attempts limit (6)."""
+    settings = load_settings(archive_urls=[(tmp_path / "archive").as_uri()])
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    fetcher = ResultFetcher(
+        re.compile(result_server.url_regex), max_bytes=100_000, spool_dir=str(spool)
+    )
+    queries: list[str] = []
+
+    def query(task_id: str) -> dict[str, object]:
+        queries.append(task_id)
+        return {"output": {"task_status": "RUNNING"}}
+
+    destination = open_destination(settings.archive_urls[0], settings)
+    yield ArchiveService(settings, redis_client, [destination], fetcher, query)
+    fetcher.close()
+
+
+def receive(client: redis.Redis, task_id: str, url: str) -> None:
+    """Store the event of a one-file Fun-ASR task whose result is at ``url``."""
+    body = te.event(task_id, "fun-asr", te.batch_output(task_id, [te.ok(url)]))
+    ReceiptStore(client, 600).claim(task_id, body, event_id="evt-1")
+
+
+def manifest(tmp_path: Path, task_id: str) -> dict[str, object]:
+    """The local manifest of ``task_id``."""
+    loaded: dict[str, object] = json.loads(
+        (tmp_path / "archive" / task_id / "manifest.json").read_bytes()
+    )
+    return loaded
+
+
+def state(client: redis.Redis, task_id: str) -> str | None:
+    """The receipt state of ``task_id``."""
+    receipt = ReceiptStore(client, 600).load(task_id)
+    return receipt.state if receipt else None
+
+
+def test_archives_then_knows_it_is_done(
+    service: ArchiveService, redis_client: redis.Redis, result_server: ResultServer, tmp_path: Path
+) -> None:
+    """A first attempt archives; a second finds the manifest and does nothing."""
+    receive(redis_client, "t1", result_server.add("/r/t1.json", BODY))
+    assert service.archive("t1", attempt=1) == "archived"
+    assert state(redis_client, "t1") == "archived"
+    assert manifest(tmp_path, "t1")["archive_status"] == "complete"
+    assert service.archive("t1", attempt=1) == "already_archived"
+    assert result_server.hits("/r/t1.json") == 1
+
+
+def test_busy_while_another_holds_the_lease(
+    service: ArchiveService, redis_client: redis.Redis, result_server: ResultServer
+) -> None:
+    """A task whose lease another worker holds is ``busy`` and untouched."""
+    receive(redis_client, "t2", result_server.add("/r/t2.json", BODY))
+    assert Lease(redis_client, "t2", 60).acquire()
+    assert service.archive("t2", attempt=1) == "busy"
+    assert result_server.hits("/r/t2.json") == 0
+
+
+def test_no_receipt_is_a_dead_letter(service: ArchiveService, redis_client: redis.Redis) -> None:
+    """A message for a task with no stored event is dead-lettered as ``no_receipt``."""
+    assert service.archive("ghost", attempt=1) == "dead"
+    letter = DeadLetters(redis_client).get("ghost")
+    assert letter is not None and letter.reason == Reason.NO_RECEIPT
+
+
+def test_transient_failure_retries_until_the_last_attempt(
+    service: ArchiveService, redis_client: redis.Redis, result_server: ResultServer, tmp_path: Path
+) -> None:
+    """A 503 raises RetryLater before the default 6th attempt, then dead-letters with a manifest."""
+    url = result_server.add("/r/t3.json", BODY, faults=[Fault(status=503)] * 10)
+    receive(redis_client, "t3", url)
+    assert service.settings.archive_max_attempts == 6
+    for attempt in range(1, 6):
+        with pytest.raises(RetryLater) as again:
+            service.archive("t3", attempt=attempt)
+        assert again.value.error.reason == Reason.RESULT_HTTP_5XX
+        assert redis_client.get("asr:archive:lease:t3") is None  # released for the retry
+    assert service.archive("t3", attempt=6) == "dead"
+    letter = DeadLetters(redis_client).get("t3")
+    assert letter is not None and (letter.reason, letter.attempts) == (Reason.RESULT_HTTP_5XX, 6)
+    files = manifest(tmp_path, "t3")["files"]
+    assert isinstance(files, list) and files[0]["error"]["reason"] == "result_http_5xx"
+    assert state(redis_client, "t3") == "dead"
+
+
+def test_permanent_failure_dead_letters_at_once(
+    service: ArchiveService, redis_client: redis.Redis, result_server: ResultServer, tmp_path: Path
+) -> None:
+    """A result that is not JSON is recorded in the manifest and dead-lettered on attempt 1."""
+    receive(redis_client, "t4", result_server.add("/r/t4.json", b"not json"))
+    assert service.archive("t4", attempt=1) == "dead"
+    letter = DeadLetters(redis_client).get("t4")
+    assert letter is not None and letter.reason == Reason.RESULT_NOT_JSON
+    assert manifest(tmp_path, "t4")["archive_status"] == "partial"
+
+
+def test_poison_loop_guard(
+    service: ArchiveService, redis_client: redis.Redis, result_server: ResultServer
+) -> None:
+    """A task delivered more than ``ARCHIVE_MAX_DELIVERIES`` times is dead-lettered."""
+    receive(redis_client, "t5", result_server.add("/r/t5.json", BODY))
+    redis_client.set("asr:archive:deliveries:t5", service.settings.archive_max_deliveries)
+    assert service.archive("t5", attempt=1) == "dead"
+    letter = DeadLetters(redis_client).get("t5")
+    assert letter is not None and letter.reason == Reason.POISON_LOOP
+
+
+def test_sweep_publishes_stale_receipts(service: ArchiveService, redis_client: redis.Redis) -> None:
+    """A receipt left ``received`` past the sweep age is published once and marked enqueued."""
+    ReceiptStore(redis_client, 600).claim("t6", b"{}", event_id="e", now=1000.0)
+    published: list[str] = []
+    later = 1000.0 + service.settings.receipt_sweep_after_seconds + 1
+    assert service.sweep(published.append, now=later) == {"receipts": 1, "stuck": 0}
+    assert published == ["t6"] and state(redis_client, "t6") == "enqueued"
+    assert service.sweep(published.append, now=later) == {"receipts": 0, "stuck": 0}
