@@ -1,6 +1,6 @@
 """Signed, expiring result links and the regular expressions that trust the sandbox's URLs.
 
-A ``transcription_url`` looks like DashScope's (spec/dashscope-transcription.md, "The
+A ``transcription_url`` looks like DashScope's (docs/dashscope-transcription.md, "The
 transcription result file"): ``<base>/results/<task_id>/<n>.json?Expires=<epoch s>&
 OSSAccessKeyId=<id>&Signature=<base64url HMAC-SHA256>``. The signature covers the path and the
 expiry, so a changed path, expiry or signature, or a past expiry, is refused (403).

@@ -3,7 +3,7 @@
 The stand-in does no recognition, but what it can check it checks for real: each file URL is
 fetched with a GET (redirects followed, size capped), then probed with ``ffprobe`` when it is on
 ``PATH`` and with :mod:`mutagen` otherwise. Failure codes: ``InvalidFile.DownloadFailed`` (the
-documented code, spec/dashscope-transcription.md), ``InvalidFile.DecodeFailed`` (not a
+documented code, docs/dashscope-transcription.md), ``InvalidFile.DecodeFailed`` (not a
 supported audio/video format) and ``InvalidFile.AudioLengthError`` (empty or zero-length); the
 last two are the sandbox's choice of names.
 """

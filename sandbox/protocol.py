@@ -1,6 +1,6 @@
 """Validation of DashScope submit requests, answered like the real service.
 
-Rules from spec/dashscope-transcription.md ("Submitting a task", "Models"): a Bearer key, the
+Rules from docs/dashscope-transcription.md ("Submitting a task", "Models"): a Bearer key, the
 ``X-DashScope-Async: enable`` header, a model of a known asynchronous family, ``input.file_urls``
 (a list of 1 to 100 http(s) URLs) or, for Qwen filetrans, one ``input.file_url``, and typed
 ``parameters``. Errors are :class:`ApiError` carrying the HTTP status and the ``code`` and

@@ -1,6 +1,6 @@
 """Result files in the documented shape of each model family, with placeholder text.
 
-Shapes come from the seeds (spec/dashscope-transcription.md, "The transcription result file"):
+Shapes come from the seeds (docs/dashscope-transcription.md, "The transcription result file"):
 Fun-ASR / Paraformer carry ``properties`` and ``transcripts[].sentences[].words[]`` with
 millisecond ``begin_time``/``end_time``; ``speaker_id`` appears only with diarization. Qwen
 filetrans carries ``audio_info`` and sentences with ``language`` and ``emotion``. The stand-in

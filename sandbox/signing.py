@@ -1,6 +1,6 @@
 """EventBridge-style push signatures (v2 RSA-SHA256, v1 HMAC-SHA1) made with a fresh key pair.
 
-Everything here follows ``spec/eventbridge-signature.md``: the header names, the string-to-sign
+Everything here follows ``docs/eventbridge-signature.md``: the header names, the string-to-sign
 (target URL, the signed headers in their fixed order, the raw body, optionally a trailing
 newline) and both signature generations. The key pair and a self-signed X.509 certificate are
 generated when a :class:`SigningKeys` is made; the certificate is served by the sandbox at

@@ -1,6 +1,6 @@
 """An EventBridge signature checker written for the tests, apart from the sandbox's signer.
 
-It follows spec/eventbridge-signature.md literally and returns which string-to-sign form
+It follows docs/eventbridge-signature.md literally and returns which string-to-sign form
 matched, so tests can also check that the sandbox signs the form it was told to.
 """
 
