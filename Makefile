@@ -37,7 +37,7 @@ bench: install
 	@for bench in tests/benchmarks/*_bench.py; do echo "== $$bench"; $(PY) $$bench || exit 1; done
 
 samples:
-	bash sandbox/samples/make_samples.sh
+	bash sandbox/make_samples.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache archive

@@ -31,6 +31,18 @@ OPTION_FIELDS = {
     "running_seconds": "min_running_seconds",
     "retry_base": "retry_base_seconds",
     "retry_max_attempts": "retry_max_attempts",
+    "retry_strategy": "retry_strategy",
+    "foreign_events": "foreign_events",
+    "foreign_interval": "foreign_event_interval_seconds",
+    "account_error": "account_error",
+    "account_error_seconds": "account_error_seconds",
+    "ambiguous_submit_fraction": "ambiguous_submit_fraction",
+    "ambiguous_submit_mode": "ambiguous_submit_mode",
+    "ambiguous_submit_delay": "ambiguous_submit_delay_seconds",
+    "error_msg_fraction": "error_msg_fraction",
+    "suspend_fraction": "suspend_fraction",
+    "suspend_seconds": "suspend_seconds",
+    "event_on_cancel": "event_on_cancel",
     "query_qps": "query_qps",
 }
 FRACTION = click.FloatRange(0.0, 1.0)
@@ -78,6 +90,7 @@ def config_from_options(options: dict[str, Any]) -> SandboxConfig:
         **fields,
         submit_rps=_rates(options["submit_rps"]),
         use_ffprobe=not options["no_ffprobe"],
+        results_in_events=not options["no_results_in_events"],
     )
 
 
@@ -98,6 +111,67 @@ def config_from_options(options: dict[str, Any]) -> SandboxConfig:
 @click.option("--running-seconds", type=SECONDS, default=0.2, help="Least time RUNNING.")
 @click.option("--retry-base", type=SECONDS, default=1.0, help="First retry delay in seconds.")
 @click.option("--retry-max-attempts", type=click.IntRange(min=1), default=176, show_default=True)
+@click.option(
+    "--retry-strategy",
+    type=click.Choice(["backoff", "exponential"]),
+    default="exponential",
+    show_default=True,
+    help="EventBridge PushRetryStrategy: backoff = 3 retries 10-20 s apart, then dropped; "
+    "exponential = doubling up to 512 s, 176 tries over a day.",
+)
+@click.option(
+    "--no-results-in-events",
+    is_flag=True,
+    help="Events carry contain_result: false and no output_result (the receiver must query).",
+)
+@click.option(
+    "--foreign-events",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Also push N signed events of image/video tasks (wanx2.1-t2i-turbo, wanx2.1-i2v-turbo).",
+)
+@click.option("--foreign-interval", type=SECONDS, default=1.0, help="Seconds between them.")
+@click.option(
+    "--account-error",
+    type=click.Choice(["arrearage", "allocation-quota"]),
+    help="Fail every DashScope call: 403 Arrearage or 429 Throttling.AllocationQuota.",
+)
+@click.option(
+    "--account-error-seconds",
+    type=SECONDS,
+    default=60.0,
+    show_default=True,
+    help="How long --account-error lasts after start.",
+)
+@click.option(
+    "--ambiguous-submit-fraction",
+    type=FRACTION,
+    default=0.0,
+    help="Share of submissions whose task is created but whose answer is lost.",
+)
+@click.option(
+    "--ambiguous-submit-mode",
+    type=click.Choice(["both", "drop", "delay"]),
+    default="both",
+    show_default=True,
+    help="Lose the answer by closing the connection, by answering late, or either.",
+)
+@click.option(
+    "--ambiguous-submit-delay",
+    type=SECONDS,
+    default=65.0,
+    show_default=True,
+    help="Seconds a delayed answer is held.",
+)
+@click.option(
+    "--error-msg-fraction",
+    type=FRACTION,
+    default=0.0,
+    help="Share of error bodies with msg instead of message.",
+)
+@click.option("--suspend-fraction", type=FRACTION, default=0.0, help="Share of tasks SUSPENDED.")
+@click.option("--suspend-seconds", type=SECONDS, default=1.0, help="How long they stay so.")
+@click.option("--event-on-cancel", is_flag=True, help="Also push an event for canceled tasks.")
 @click.option("--query-qps", type=click.FloatRange(min=0.1), default=20.0, show_default=True)
 @click.option("--submit-rps", multiple=True, help="FAMILY=RPS, repeatable.")
 @click.option("--no-ffprobe", is_flag=True, help="Probe media with mutagen only.")

@@ -2,17 +2,19 @@
 
 The event is the complete CloudEvents envelope of docs/dashscope-transcription.md ("The
 completion event"): ``source`` ``acs.dashscope``, ``type`` ``dashscope:System:AsyncTaskFinish``,
-``data.user_api_unique_key`` ending in the model, China-time ``start_time``/``end_time``,
-``contain_result: true`` and ``output_result.output`` (the task's query output). Pushes are
-signed per docs/eventbridge-signature.md (see :mod:`sandbox.signing`). A push that is not
-answered 2xx is retried with exponential backoff (EventBridge's exponential decay policy).
+``data.user_api_unique_key`` ending in the model, China-time ``start_time``/``end_time``, and
+either ``contain_result: true`` with ``output_result.output`` (the task's query output) or,
+with ``results_in_events`` off, ``contain_result: false`` and no ``output_result`` (the generic
+Model Studio example; the receiver must query the task). Pushes are signed per
+docs/eventbridge-signature.md (see :mod:`sandbox.signing`). A push that is not answered 2xx is
+retried per the target's retry policy (:mod:`sandbox.retry`); an event the policy gives up on
+is logged and recorded as abandoned.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
-import hashlib
 import json
 import ssl
 import threading
@@ -27,9 +29,13 @@ import httpx
 import structlog
 
 from sandbox.config import SandboxConfig
+from sandbox.faults import chosen
+from sandbox.retry import next_delay
 from sandbox.signing import SigningKeys, signed_headers
-from sandbox.state import Task, china_time
+from sandbox.state import API_KEY_ID, TRANSCRIPTION_KEY_PREFIX, Task, china_time
 from sandbox.timing import TimerQueue
+
+__all__ = ["Deliverer", "Delivery", "build_event", "chosen", "envelope", "event_data"]
 
 log = structlog.get_logger("sandbox.eventbridge")
 
@@ -39,28 +45,36 @@ def _iso_utc(epoch: float) -> str:
     return stamp.replace("+00:00", "Z")
 
 
-def build_event(task: Task, config: SandboxConfig, now: float | None = None) -> dict[str, Any]:
-    """The ``AsyncTaskFinish`` event of an ended ``task`` (a JSON-ready dict, new ``id``)."""
-    now = time.time() if now is None else now
+def event_data(task: Task, config: SandboxConfig) -> dict[str, Any]:
+    """The ``data`` of the ``AsyncTaskFinish`` event of an ended ``task``."""
     assert task.ended_at is not None
-    data = {
+    data: dict[str, Any] = {
         "task_id": task.task_id,
         "task_status": task.status,
         "start_time": china_time(task.scheduled_at or task.submitted_at, millis=False),
         "end_time": china_time(task.ended_at, millis=False),
-        "user_api_unique_key": f"apikey:v1:audio:asr:transcription:{task.model}",
+        "user_api_unique_key": TRANSCRIPTION_KEY_PREFIX + task.model,
         "region": config.region,
         "request_id": task.request_id,
-        "api_key_id": "1250",
-        "contain_result": True,
-        "output_result": {"output": task.output(), "usage": task.usage()},
+        "api_key_id": API_KEY_ID,
+        "contain_result": config.results_in_events,
     }
+    if config.results_in_events:
+        data["output_result"] = {"output": task.output(), "usage": task.usage()}
+    return data
+
+
+def envelope(
+    data: dict[str, Any], ended_at: float, config: SandboxConfig, now: float | None = None
+) -> dict[str, Any]:
+    """The CloudEvents envelope around ``data`` (a JSON-ready dict with a new ``id``)."""
+    now = time.time() if now is None else now
     return {
         "id": str(uuid.uuid4()),
         "source": "acs.dashscope",
         "specversion": "1.0",
         "type": "dashscope:System:AsyncTaskFinish",
-        "time": _iso_utc(task.ended_at),
+        "time": _iso_utc(ended_at),
         "datacontenttype": "application/json;charset=utf-8",
         "aliyunaccountid": config.account_id,
         "aliyunoriginalaccountid": config.account_id,
@@ -71,10 +85,10 @@ def build_event(task: Task, config: SandboxConfig, now: float | None = None) -> 
     }
 
 
-def chosen(seed: str, key: str, fraction: float) -> bool:
-    """Deterministically pick ``fraction`` of keys (hash of ``seed`` and ``key``)."""
-    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+def build_event(task: Task, config: SandboxConfig, now: float | None = None) -> dict[str, Any]:
+    """The ``AsyncTaskFinish`` event of an ended ``task`` (a JSON-ready dict, new ``id``)."""
+    assert task.ended_at is not None
+    return envelope(event_data(task, config), task.ended_at, config, now)
 
 
 @dataclass
@@ -117,23 +131,31 @@ class Deliverer:
         self.client = httpx.Client(verify=verify, timeout=config.delivery_timeout_seconds)
         self.deliveries: list[Delivery] = []
         self.dropped: list[str] = []
+        self.abandoned: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(8, "sandbox-delivery")
 
     def task_ended(self, task: Task) -> None:
         """Schedule the event of ``task`` and its duplicates, unless it is chosen to be dropped."""
+        self.announce(task.task_id, functools.partial(build_event, task, self.config))
+
+    def announce(self, task_id: str, build: Callable[[], dict[str, Any]]) -> None:
+        """Schedule the event ``build()`` makes (once per copy: each copy has its own ``id``).
+
+        Nothing is sent without a ``callback_url`` or when ``drop_fraction`` picks the task.
+        """
         config = self.config
         if config.callback_url is None:
             return
-        if chosen(config.seed + ":drop", task.task_id, config.drop_fraction):
+        if chosen(config.seed + ":drop", task_id, config.drop_fraction):
             with self._lock:
-                self.dropped.append(task.task_id)
-            log.info("event dropped", task_id=task.task_id)
+                self.dropped.append(task_id)
+            log.info("event dropped", task_id=task_id)
             return
         for copy in range(config.duplicates + 1):
             spread = config.duplicate_spread_seconds * copy / max(config.duplicates, 1)
-            body = json.dumps(build_event(task, config), ensure_ascii=False).encode()
-            self._later(config.delivery_delay_seconds + spread, task.task_id, body, copy, 1)
+            body = json.dumps(build(), ensure_ascii=False).encode()
+            self._later(config.delivery_delay_seconds + spread, task_id, body, copy, 1)
 
     def _later(self, delay: float, task_id: str, body: bytes, copy: int, attempt: int) -> None:
         push = functools.partial(self._push, task_id, body, copy, attempt)
@@ -173,9 +195,23 @@ class Deliverer:
             status_code=status,
             error=error,
         )
-        if (status is None or not 200 <= status < 300) and attempt < config.retry_max_attempts:
-            delay = min(config.retry_base_seconds * 2 ** (attempt - 1), config.retry_max_seconds)
+        if status is None or not 200 <= status < 300:
+            self._retry(task_id, event_id, body, copy, attempt)
+
+    def _retry(self, task_id: str, event_id: str, body: bytes, copy: int, attempt: int) -> None:
+        delay = next_delay(self.config, event_id, attempt)
+        if delay is not None:
             self._later(delay, task_id, body, copy, attempt + 1)
+            return
+        with self._lock:
+            self.abandoned.append({"task_id": task_id, "event_id": event_id, "attempts": attempt})
+        log.warning(
+            "event abandoned",
+            task_id=task_id,
+            event_id=event_id,
+            attempts=attempt,
+            retry_strategy=self.config.retry_strategy,
+        )
 
     def _post(
         self, url: str, body: bytes, headers: dict[str, str]

@@ -45,6 +45,13 @@ class _Handler(WSGIRequestHandler):
         if not self.quiet:
             super().log_request(code, size)
 
+    def handle(self) -> None:
+        """Serve the connection; a client that resets an idle keep-alive connection is normal."""
+        try:
+            super().handle()
+        except ConnectionResetError:
+            return
+
 
 class _LoudHandler(_Handler):
     quiet = False

@@ -1,11 +1,12 @@
 """Tasks, subtasks and the record of everything the sandbox saw, with their JSON views.
 
 The query output follows docs/dashscope-transcription.md ("Querying a task"): ``task_status``
-``PENDING`` → ``RUNNING`` → ``SUCCEEDED`` (at least one file succeeded) or ``FAILED``
-(``PENDING`` → ``CANCELED`` when canceled),
+``PENDING`` → (``SUSPENDED`` →) ``RUNNING`` → ``SUCCEEDED`` (at least one file succeeded) or
+``FAILED`` (``PENDING`` → ``CANCELED`` when canceled),
 ``submit_time``/``scheduled_time``/``end_time`` as ``YYYY-MM-DD HH:MM:SS.mmm`` in China time
 (UTC+8), per-file ``results`` with ``subtask_status``, ``task_metrics`` and ``usage``
 (``duration`` in seconds; ``seconds`` for Qwen, whose single file is ``output.result``).
+The list entry (:meth:`Task.record`) is described in :mod:`sandbox.tasklist`.
 """
 
 from __future__ import annotations
@@ -13,17 +14,58 @@ from __future__ import annotations
 import datetime as dt
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from sandbox.protocol import Family
 
 CHINA = dt.timezone(dt.timedelta(hours=8))
+API_KEY_ID = "1250"  # the id in the documented event example; one key for the whole sandbox
+TRANSCRIPTION_KEY_PREFIX = "apikey:v1:audio:asr:transcription:"
 
 
 def china_time(epoch: float, *, millis: bool = True) -> str:
     """``epoch`` seconds as China local time without zone marker (DashScope's format)."""
     text = dt.datetime.fromtimestamp(epoch, CHINA).strftime("%Y-%m-%d %H:%M:%S.%f")
     return text[:-3] if millis else text[:-7]
+
+
+def epoch_ms(epoch: float | None) -> int | None:
+    """``epoch`` seconds as integer milliseconds (``None`` stays ``None``)."""
+    return None if epoch is None else int(epoch * 1000)
+
+
+class Timed(Protocol):
+    """A task as the list sees it: ids, model, status and epoch-second timestamps."""
+
+    task_id: str
+    request_id: str
+    model: str
+    status: str
+    submitted_at: float
+    scheduled_at: float | None
+    ended_at: float | None
+
+
+def list_record(task: Timed, key: str, region: str, account_id: str) -> dict[str, Any]:
+    """The ``GET /tasks`` entry of ``task`` (the Java SDK's ``AsyncTaskInfo``, see tasklist).
+
+    ``key`` is the ``user_api_unique_key``; times are epoch milliseconds (``None`` until set).
+    """
+    return {
+        "task_id": task.task_id,
+        "status": task.status,
+        "task_status": task.status,
+        "model_name": task.model,
+        "api_key_id": API_KEY_ID,
+        "region": region,
+        "request_id": task.request_id,
+        "user_api_unique_key": key,
+        "caller_uid": account_id,
+        "caller_parent_id": account_id,
+        "gmt_create": epoch_ms(task.submitted_at),
+        "start_time": epoch_ms(task.scheduled_at),
+        "end_time": epoch_ms(task.ended_at),
+    }
 
 
 @dataclass
@@ -107,6 +149,10 @@ class Task:
         elif self.status == "FAILED":
             out.update(code=subtask.code, message=subtask.message)
         return out
+
+    def record(self, region: str, account_id: str) -> dict[str, Any]:
+        """This task's entry in ``GET /tasks`` (see :mod:`sandbox.tasklist`)."""
+        return list_record(self, TRANSCRIPTION_KEY_PREFIX + self.model, region, account_id)
 
     def usage(self) -> dict[str, int] | None:
         """``usage``: billed seconds of the files that succeeded, once the task has ended."""

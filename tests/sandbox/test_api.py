@@ -126,8 +126,10 @@ def test_pending_task_can_be_canceled_once(
     task_id = submit(box, body).json()["output"]["task_id"]
     cancel = f"{box.api_url}/tasks/{task_id}/cancel"
     assert http.post(cancel, headers=HEADERS).status_code == 200
-    assert http.post(cancel, headers=HEADERS).status_code == 400
-    assert http.post(f"{box.api_url}/tasks/nope/cancel", headers=HEADERS).status_code == 404
+    again = http.post(cancel, headers=HEADERS)
+    assert again.status_code == 400 and again.json()["code"] == "UnsupportedOperation"
+    unknown = http.post(f"{box.api_url}/tasks/nope/cancel", headers=HEADERS)
+    assert unknown.status_code == 400 and unknown.json()["code"] == "UnsupportedOperation"
     time.sleep(0.5)
     output = query(box, task_id).json()["output"]
     assert output["task_status"] == "CANCELED"
