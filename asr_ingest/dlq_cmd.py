@@ -16,8 +16,8 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
+from asr_ingest.home import state_settings
 from core.queues import ARCHIVE_QUEUE, ARCHIVE_TASK
-from core.settings import load_settings
 from worker.app import create_celery
 from worker.archiving.dlq import DeadLetters, replay
 
@@ -31,7 +31,7 @@ def dlq() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def list_command(as_json: bool) -> None:
     """List dead letters, oldest first."""
-    settings = load_settings()
+    settings = state_settings()
     letters = DeadLetters(redis.Redis.from_url(settings.redis_url)).list()
     if as_json:
         for letter in letters:
@@ -51,7 +51,7 @@ def list_command(as_json: bool) -> None:
 @click.argument("task_ids", nargs=-1)
 def replay_command(task_ids: tuple[str, ...]) -> None:
     """Re-enqueue the given dead letters (all when none is given); exit 1 if one is unknown."""
-    settings = load_settings()
+    settings = state_settings()
     app = create_celery(settings)
 
     def send(task_id: str) -> None:

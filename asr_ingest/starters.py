@@ -108,16 +108,23 @@ def celery_probe(broker_url: str, node: str) -> Probe:
 # -- specs -------------------------------------------------------------------------------------
 
 
-def redis_spec(directory: Path, *, port: int | None = None, name: str = "redis") -> ChildSpec:
+def redis_spec(
+    directory: Path,
+    *,
+    port: int | None = None,
+    socket_path: Path | None = None,
+    name: str = "redis",
+) -> ChildSpec:
     """An embedded ``redis-server`` keeping its data (AOF) in ``directory``.
 
-    Without ``port`` it listens only on the unix socket ``directory/redis.sock`` and ``url`` is
+    Without ``port`` it listens only on the unix socket ``socket_path`` (default
+    ``directory/redis.sock``) and ``url`` is
     ``unix://...?db=0``; with ``port`` also on ``127.0.0.1:port`` and ``url`` is
     ``redis://127.0.0.1:port/0``. Policy ``noeviction``: a full Redis refuses writes rather
     than dropping receipts or queued messages. Restarting it on the same directory keeps data.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    sock = directory / "redis.sock"
+    sock = socket_path or directory / "redis.sock"
     argv = [
         redis_server_binary(),
         "--bind", LOCALHOST,
