@@ -20,6 +20,7 @@ submitted, and followed until each is archived or failed.
 
 from __future__ import annotations
 
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -36,6 +37,7 @@ from asr_ingest.outcomes import build_rows, follow_runs, print_json_rows, render
 from asr_ingest.stack import Stack
 from asr_ingest.starters import (
     free_port,
+    listening_socket,
     moto_spec,
     redis_spec,
     sandbox_env,
@@ -112,19 +114,25 @@ def start_local_parts(
     if "archive_urls" not in configured:
         env["ARCHIVE_URLS"] = (Path.cwd() / "archive").as_uri()
     public_url = settings.webhook_public_url
-    if public_url:  # e.g. a tunnel's URL; the local webhook listens on its port if it has one
-        web_port = urlsplit(public_url).port or free_port()
-    else:
-        web_port = free_port()
-        public_url = f"http://127.0.0.1:{web_port}/callbacks/eventbridge"
+    web: int | socket.socket
+    if public_url and urlsplit(public_url).port:  # e.g. a tunnel's URL with the local port
+        web = int(urlsplit(public_url).port or 0)
+    else:  # held from now on: no other process can take the port before gunicorn has it
+        web = listening_socket()
+        local_url = f"http://127.0.0.1:{web.getsockname()[1]}/callbacks/eventbridge"
+        public_url = public_url or local_url
         env["WEBHOOK_PUBLIC_URL"] = public_url
     if "dashscope_api_key" not in configured:
         sandbox = stack.start(sandbox_spec(free_port(), public_url, extra_args=sandbox_args))
         env.update(sandbox_env(sandbox))
     env.update(_reconcile_soon(settings, sandbox_args))
-    stack.start_many(
-        [webhook_spec(web_port, env), worker_spec(env, beat_schedule=home / "beat-schedule")]
-    )
+    try:
+        stack.start_many(
+            [webhook_spec(web, env), worker_spec(env, beat_schedule=home / "beat-schedule")]
+        )
+    finally:
+        if isinstance(web, socket.socket):
+            web.close()  # gunicorn holds its own copy
     return env
 
 

@@ -47,6 +47,19 @@ def free_port(host: str = LOCALHOST) -> int:
         return port
 
 
+def listening_socket(host: str = LOCALHOST) -> socket.socket:
+    """A TCP socket bound to a free port of ``host`` and listening, inheritable by children.
+
+    Hand it to a child (gunicorn's ``--bind fd://N``) and close the parent's copy once the
+    child runs: the port is held from the moment it is chosen, so no race can take it.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((host, 0))
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
 def script(name: str) -> str:
     """Path of console script ``name``: beside this interpreter, else on ``PATH``.
 
@@ -191,17 +204,28 @@ def sandbox_env(child: Child, timeout_s: float = 10.0) -> dict[str, str]:
 
 
 def webhook_spec(
-    port: int, env: Mapping[str, str], *, workers: int = 2, name: str = "web"
+    port: int | socket.socket,
+    env: Mapping[str, str],
+    *,
+    workers: int = 2,
+    name: str = "web",
 ) -> ChildSpec:
     """The webhook under gunicorn on ``127.0.0.1:port``; ready when ``/readyz`` answers 200.
 
+    ``port`` may be a :func:`listening_socket`, which gunicorn then inherits (``fd://``).
     ``/readyz`` needs Redis and the broker (contract, "HTTP interface"), so start those first.
     """
+    fds: tuple[int, ...] = ()
+    if isinstance(port, socket.socket):
+        fds, bind = (port.fileno(),), f"fd://{port.fileno()}"
+        port = int(port.getsockname()[1])
+    else:
+        bind = f"{LOCALHOST}:{port}"
     url = f"http://{LOCALHOST}:{port}"
-    argv = [script("gunicorn"), "webhook.wsgi:app", "--bind", f"{LOCALHOST}:{port}"]
+    argv = [script("gunicorn"), "webhook.wsgi:app", "--bind", bind]
     argv += ["--workers", str(workers), "--timeout", "30", "--graceful-timeout", "10"]
     probe = http_probe(f"{url}/readyz", status=200)
-    return ChildSpec(name, argv, env=with_broker(env), probe=probe, url=url)
+    return ChildSpec(name, argv, env=with_broker(env), probe=probe, url=url, pass_fds=fds)
 
 
 def worker_spec(
