@@ -77,6 +77,9 @@ class Reason(StrEnum):
     NO_API_KEY = "no_api_key"
     NOT_OURS = "not_ours"
     ALREADY_RESUBMITTED = "already_resubmitted"
+    # notifications
+    NOTIFY_UNAVAILABLE = "notify_unavailable"
+    NOTIFY_REJECTED = "notify_rejected"
     # generic fallbacks of the tree below
     TRANSIENT = "transient"
     PERMANENT = "permanent"

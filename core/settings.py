@@ -9,6 +9,7 @@ whose message names the variable; secrets are :class:`pydantic.SecretStr` and ne
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import sys
@@ -115,6 +116,14 @@ class Settings(BaseSettings):
     oss_access_key_id: str | None = None
     oss_access_key_secret: SecretStr | None = None
 
+    # Notifications (docs/contract.md, "Notifications"): each task that reaches its manifest is
+    # announced to NOTIFY_URL, signed per Standard Webhooks with NOTIFY_SECRET (whsec_...).
+    notify_url: str | None = None
+    notify_secret: SecretStr | None = None
+    # Attempts per announcement before its dead letter (backoff 5 s doubling, capped at 600 s:
+    # the default 12 attempts span about an hour).
+    notify_max_attempts: int = Field(12, ge=1)
+
     # Submission.
     media_url: str | None = None
     media_url_expires_seconds: int = Field(172_800, ge=60, le=7 * 86_400)
@@ -156,6 +165,19 @@ class Settings(BaseSettings):
     def cert_url_pattern(self) -> re.Pattern[str]:
         """Compiled ``EVENTBRIDGE_CERT_URL_REGEX``; use ``fullmatch``."""
         return re.compile(self.eventbridge_cert_url_regex)
+
+    @field_validator("notify_secret")
+    @classmethod
+    def _whsec(cls, value: SecretStr | None) -> SecretStr | None:
+        """A Standard Webhooks secret: ``whsec_`` and Base64 (the prefix may be omitted)."""
+        if value is None:
+            return None
+        encoded = value.get_secret_value().removeprefix("whsec_")
+        try:
+            base64.b64decode(encoded, validate=True)
+        except ValueError as exc:
+            raise ValueError("expected whsec_ followed by Base64") from exc
+        return value
 
     @cached_property
     def result_url_pattern(self) -> re.Pattern[str]:

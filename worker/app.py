@@ -37,6 +37,7 @@ T = TypeVar("T")
 TASK_MODULES: list[str] = [
     "worker.submission.tasks",
     "worker.archiving.tasks",
+    "worker.notifications.tasks",
 ]
 """Modules holding ``shared_task`` definitions, imported by the worker at start."""
 
