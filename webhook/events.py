@@ -1,19 +1,25 @@
-"""Parse a verified EventBridge delivery body into the few fields intake needs.
+"""Parse a verified EventBridge delivery body and decide whether it is ours to take.
 
-Envelope and fields from `docs/dashscope-transcription.md` ("The AsyncTaskFinish event"): a
-CloudEvents object whose ``type`` is ``dashscope:System:AsyncTaskFinish``; ``data.task_id`` is
-the deduplication key; the model is the last ``:`` segment of ``data.user_api_unique_key``.
-Runs only on bodies whose signature verified. Imports neither Flask nor Celery.
+Envelope and fields from `docs/dashscope-transcription.md` ("The completion event"): a
+CloudEvents object whose ``type`` is ``dashscope:System:AsyncTaskFinish``, ``source``
+``acs.dashscope`` and ``aliyunaccountid`` the sending account; ``data.task_id`` is the
+deduplication key; the model is the last ``:`` segment of ``data.user_api_unique_key``. Time
+fields are never read (the documentation's own examples are malformed). Runs only on bodies
+whose signature verified. Imports neither Flask nor Celery.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Literal
 
-from core.models import model_from_api_key
+from core.errors import PermanentError
+from core.events import UNFINISHED_STATUSES, safe_text
+from core.models import family_of, model_from_api_key
 from webhook.errors import EventError
+from webhook.trust import Trust
 
 ASYNC_TASK_FINISH = "dashscope:System:AsyncTaskFinish"
 
@@ -21,15 +27,25 @@ ASYNC_TASK_FINISH = "dashscope:System:AsyncTaskFinish"
 # carry control characters is refused, since the id becomes a Redis key and an object key.
 _TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 
+IgnoreReason = Literal["other_type", "not_transcription", "not_finished"]
+
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """What intake needs of one event; ``task_id`` is "" for events of another ``type``."""
+    """What intake needs of one event.
+
+    ``task_id`` is "" when the event has none that is usable (``problem`` says why); every
+    string encodes as UTF-8 (:func:`core.events.safe_text`).
+    """
 
     type: str
     event_id: str
-    task_id: str
-    model: str
+    source: str
+    account_id: str
+    task_id: str = ""
+    model: str = ""
+    task_status: str = ""
+    problem: str = ""
 
     @property
     def is_task_finish(self) -> bool:
@@ -38,11 +54,11 @@ class Event:
 
 
 def parse_event(body: bytes) -> Event:
-    """Read ``type``, ``id``, ``data.task_id`` and the model from a raw event body.
+    """Read the envelope (``type``, ``id``, ``source``, ``aliyunaccountid``) and, for an
+    ``AsyncTaskFinish`` event, ``data.task_id``, ``data.task_status`` and the model.
 
-    Raises :class:`EventError` when ``body`` is not a JSON object, or when an
-    ``AsyncTaskFinish`` event has no usable ``data.task_id``. Events of another type are
-    returned with ``task_id == ""`` (the caller answers ``ignored``).
+    Raises :class:`EventError` only when ``body`` is not a JSON object; a missing or unusable
+    ``data.task_id`` is left to :func:`admit` (after the tenant check).
     """
     try:
         document = json.loads(body)
@@ -50,19 +66,59 @@ def parse_event(body: bytes) -> Event:
         raise EventError("body is not JSON") from exc
     if not isinstance(document, dict):
         raise EventError("body is not a JSON object")
-    kind, event_id = _text(document.get("type")), _text(document.get("id"))
-    if kind != ASYNC_TASK_FINISH:
-        return Event(type=kind, event_id=event_id, task_id="", model="")
+    envelope = Event(
+        type=_text(document.get("type")),
+        event_id=_text(document.get("id")),
+        source=_text(document.get("source")),
+        account_id=_text(document.get("aliyunaccountid")),
+    )
+    if not envelope.is_task_finish:
+        return envelope
     data = document.get("data")
     if not isinstance(data, dict):
-        raise EventError("event has no data object")
+        return replace(envelope, problem="event has no data object")
     task_id = data.get("task_id")
     if not isinstance(task_id, str) or not _TASK_ID.fullmatch(task_id):
-        raise EventError("event has no usable data.task_id")
+        return replace(envelope, problem="event has no usable data.task_id")
     api_key = _text(data.get("user_api_unique_key"))
-    model = model_from_api_key(api_key) if api_key else ""
-    return Event(type=kind, event_id=event_id, task_id=task_id, model=model)
+    return replace(
+        envelope,
+        task_id=task_id,
+        model=model_from_api_key(api_key) if api_key else "",
+        task_status=_text(data.get("task_status")),
+    )
+
+
+def admit(event: Event, trust: Trust) -> IgnoreReason | None:
+    """None when ``event`` is to be stored and archived, else why it is answered ``ignored``.
+
+    Order: tenant (:meth:`Trust.check_tenant` raises :class:`ForeignAccountError`, 403), type
+    (``other_type``), a usable ``data.task_id`` (else :class:`EventError`, 400), model family
+    (``not_transcription``: image, video and chat jobs reach the default rule too), status
+    (``not_finished``: a ``PENDING``/``RUNNING``/``SUSPENDED`` task is not archived as final;
+    its real completion event, or reconciliation, takes it later, which a stored receipt
+    would turn into a ``duplicate``).
+    """
+    trust.check_tenant(event.source, event.account_id)
+    if not event.is_task_finish:
+        return "other_type"
+    if not event.task_id:
+        raise EventError(event.problem)
+    if not is_transcription(event.model):
+        return "not_transcription"
+    if event.task_status in UNFINISHED_STATUSES:
+        return "not_finished"
+    return None
+
+
+def is_transcription(model: str) -> bool:
+    """True when ``model`` belongs to one of the three transcription families."""
+    try:
+        family_of(model)
+    except PermanentError:
+        return False
+    return True
 
 
 def _text(value: object) -> str:
-    return value if isinstance(value, str) else ""
+    return safe_text(value) if isinstance(value, str) else ""
