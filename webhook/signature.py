@@ -112,17 +112,19 @@ def strings_to_sign(
 
     ``headers`` has lower-case names (values as received, latin-1 as in WSGI); ``body`` is the
     raw request body; ``target_url`` is ``WEBHOOK_PUBLIC_URL``, never the request's ``Host``.
-    Two candidates (trailing newline or not); four with a token header, in either generation:
-    with and without the token line ("Known ambiguities"; the v1 SDK signs it, the demos and
-    RocketMQ's sink never do), the generation's usual form first.
+    Four candidates in either generation ("Known ambiguities"): trailing newline or not, times
+    token line or not. The v1 SDK signs the token line when the header is present, its first
+    commit always (empty without the header); the demos and RocketMQ's sink never do. The
+    likeliest form comes first: the token line only for v1 with a token header.
     """
     method = HASH_METHOD if generation == "v2" else SIGNATURE_METHOD
     names = (TIMESTAMP, method, VERSION, CERT_URL)
     head = target_url.encode() + b"\n" + _lines(headers, names)
-    prefixes = [head]
     if TOKEN in headers:
         with_token = head + _lines(headers, (TOKEN,))
         prefixes = [head, with_token] if generation == "v2" else [with_token, head]
+    else:
+        prefixes = [head, head + TOKEN.encode() + b": \n"]
     return [prefix + body + end for end in (b"\n", b"") for prefix in prefixes]
 
 
