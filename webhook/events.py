@@ -40,10 +40,10 @@ class Event:
 
     type: str
     event_id: str
-    source: str
-    account_id: str
     task_id: str = ""
     model: str = ""
+    source: str = ""
+    account_id: str = ""
     task_status: str = ""
     problem: str = ""
 
