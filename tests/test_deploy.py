@@ -39,10 +39,7 @@ def contract_variables() -> list[str]:
 
 
 CONTRACT_VARIABLES = contract_variables()
-PENDING_VARIABLES = {
-    "EVENTBRIDGE_REGIONS", "EVENTBRIDGE_CERT_SHA256", "EVENTBRIDGE_ACCOUNT_IDS",
-    "NOTIFY_URL", "NOTIFY_SECRET", "ASR_INGEST_HOME",
-}  # fmt: skip
+PENDING_VARIABLES = {"NOTIFY_URL", "NOTIFY_SECRET", "ASR_INGEST_HOME"}
 """Contract variables whose features are still open issues; each landing removes its names."""
 IMPLEMENTED_VARIABLES = [name for name in CONTRACT_VARIABLES if name not in PENDING_VARIABLES]
 AWS_VARIABLES = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}
