@@ -6,6 +6,7 @@ import hashlib
 import re
 import socket
 import threading
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -48,10 +49,10 @@ def cache(cert_host: CertificateHost, clock: Clock) -> CertificateCache:
     return CertificateCache(pattern, create_http_client(), ttl_seconds=3600, clock=clock)
 
 
-def local_cache(host: CertificateHost, clock: Clock, **options: object) -> CertificateCache:
+def local_cache(host: CertificateHost, clock: Clock, **options: Any) -> CertificateCache:
     """A cache for the local host's /certs/*.pem with ``options`` (pins, failure TTL, ...)."""
     pattern = re.compile(cert_url_regex(host))
-    return CertificateCache(pattern, create_http_client(), ttl_seconds=3600, clock=clock, **options)  # type: ignore[arg-type]
+    return CertificateCache(pattern, create_http_client(), ttl_seconds=3600, clock=clock, **options)
 
 
 def key_print(identity: Identity) -> str:
