@@ -117,13 +117,14 @@ def parse_event(body: bytes) -> TaskEvent:
     if not isinstance(data, dict) or not isinstance(data.get("task_id"), str):
         raise _bad("event has no data.task_id")
     model = model_from_api_key(safe_text(data.get("user_api_unique_key") or ""))
-    status = safe_text(data.get("task_status") or "UNKNOWN")
+    stated = safe_text(data.get("task_status") or "")
     event = TaskEvent(
         task_id=safe_text(data["task_id"]),
         event_id=safe_text(envelope.get("id") or ""),
         model=model,
-        task_status=status,
-        entries=() if status in NO_RESULT_STATUSES else None,
+        task_status=stated or "UNKNOWN",
+        # only a stated CANCELED/UNKNOWN: an event without a status still gets its query
+        entries=() if stated in NO_RESULT_STATUSES else None,
     )
     result = data.get("output_result")
     if data.get("contain_result") is False or not isinstance(result, dict):

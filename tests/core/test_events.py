@@ -130,3 +130,11 @@ def test_safe_text_leaves_valid_text_alone() -> None:
     assert safe_text("Grüße 😀") == "Grüße 😀"
     assert safe_text("a\ud800b") == "a\\ud800b"
     assert safe_text(5) == "5"
+
+
+def test_event_without_status_or_result_still_needs_query() -> None:
+    """No task_status and no result: status UNKNOWN for the record, entries None (query it)."""
+    document = json.loads(te.event("t12", "fun-asr", None))
+    del document["data"]["task_status"]
+    event = parse_event(json.dumps(document).encode())
+    assert (event.task_status, event.entries) == ("UNKNOWN", None)
