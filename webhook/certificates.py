@@ -130,11 +130,11 @@ class CertificateCache:
         self._entries[url] = entry
         return entry
 
-    def _note(self, seen: str) -> None:
-        if seen not in self._seen:
-            self._seen.add(seen)
+    def _note(self, key_print: str) -> None:
+        if key_print not in self._seen:
+            self._seen.add(key_print)
             if self._on_new_key is not None:
-                self._on_new_key(seen, not self._pins or seen in self._pins)
+                self._on_new_key(key_print, not self._pins or key_print in self._pins)
 
     def _evict(self) -> None:
         now = self._clock()
