@@ -5,12 +5,14 @@ The contract's facts are read from docs/contract.md ("Processes", "Environment v
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
 from typing import Any, get_args
 from urllib.parse import urlsplit
 
+import hcl2
 import pytest
 import yaml
 
@@ -22,6 +24,7 @@ from core.store import ReceiptState
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
+TERRAFORM = DEPLOY / "terraform"
 CONTRACT = ROOT / "docs" / "contract.md"
 
 COMMANDS = {
@@ -40,13 +43,9 @@ def contract_variables() -> list[str]:
 
 
 CONTRACT_VARIABLES = contract_variables()
-PENDING_VARIABLES = {
-    "EVENTBRIDGE_REGIONS", "EVENTBRIDGE_CERT_SHA256", "EVENTBRIDGE_ACCOUNT_IDS",
-}  # fmt: skip
 CLI_VARIABLES = {"ASR_INGEST_HOME"}
 """Contract variables read by the command line only (asr_ingest.home), not by the services."""
-"""Contract variables whose features are still open issues; each landing removes its names."""
-IMPLEMENTED_VARIABLES = [name for name in CONTRACT_VARIABLES if name not in PENDING_VARIABLES]
+IMPLEMENTED_VARIABLES = CONTRACT_VARIABLES
 AWS_VARIABLES = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}
 SETTING_VARIABLES = sorted(name.upper() for name in Settings.model_fields)
 WEB_PORT, FLOWER_PORT = 8000, 5555
@@ -291,9 +290,60 @@ def test_contract_processes_are_the_procfile_commands() -> None:
     assert {name: command for command, name in table} == COMMANDS
 
 
-def test_pending_contract_variables_are_not_settings_yet() -> None:
-    """A pending variable is in the contract and not yet a setting (drop it once it lands);
-    command-line variables are read where the contract says."""
-    assert set(CONTRACT_VARIABLES) >= PENDING_VARIABLES
-    assert not PENDING_VARIABLES & set(SETTING_VARIABLES)
+def test_every_contract_variable_is_read() -> None:
+    """Each contract variable is a setting of the services or read by the command line."""
     assert {HOME_VARIABLE} == CLI_VARIABLES
+    assert set(CONTRACT_VARIABLES) - CLI_VARIABLES <= set(SETTING_VARIABLES)
+
+
+def hcl_text(value: object) -> str:
+    """A python-hcl2 string value without its quotes or heredoc markers."""
+    text = str(value)
+    if text.startswith('"') and text.endswith('"'):
+        text = text[1:-1]
+    heredoc = re.fullmatch(r"<<-?(\w+)\n(.*)\n\s*\1", text, re.DOTALL)
+    return heredoc[2] if heredoc else text
+
+
+def terraform_blocks(kind: str) -> dict[str, Any]:
+    """Blocks of ``kind`` (``resource``, ``variable``, ...) in deploy/terraform/*.tf, by
+    ``type.name`` (resources) or name, with python-hcl2's quoting removed from the keys."""
+    found: dict[str, Any] = {}
+    for path in sorted(TERRAFORM.glob("*.tf")):
+        for block in hcl2.load(path.open()).get(kind, []):
+            for first, body in block.items():
+                if kind == "resource":
+                    for name, inner in body.items():
+                        found[f"{hcl_text(first)}.{hcl_text(name)}"] = inner
+                else:
+                    found[hcl_text(first)] = body
+    return found
+
+
+def test_terraform_rule_filters_transcription_finishes() -> None:
+    """The EventBridge rule matches acs.dashscope AsyncTaskFinish of transcription keys only."""
+    rule = terraform_blocks("resource")["alicloud_event_bridge_rule.transcription_finished"]
+    assert hcl_text(rule["event_bus_name"]) == "${var.event_bus_name}"
+    assert json.loads(hcl_text(rule["filter_pattern"])) == {
+        "source": ["acs.dashscope"],
+        "type": ["dashscope:System:AsyncTaskFinish"],
+        "data": {"user_api_unique_key": [{"prefix": "apikey:v1:audio:asr:transcription:"}]},
+    }
+
+
+def test_terraform_target_retries_for_a_day_with_dead_letters() -> None:
+    """The HTTP target posts the complete event to var.webhook_url with exponential retry and
+    a dead-letter queue."""
+    rule = terraform_blocks("resource")["alicloud_event_bridge_rule.transcription_finished"]
+    (target,) = rule["targets"]
+    assert hcl_text(target["push_retry_strategy"]) == "EXPONENTIAL_DECAY_RETRY"
+    assert hcl_text(target["endpoint"]) == "${var.webhook_url}"
+    assert hcl_text(target["type"]) == "https"
+    (dead_letter,) = target["dead_letter_queue"]
+    assert hcl_text(dead_letter["arn"]) == "${local.dead_letter_queue_arn}"
+    params = {hcl_text(p["resource_key"]): p for p in target["param_list"]}
+    assert hcl_text(params["Body"]["form"]) == "ORIGINAL"
+    assert hcl_text(params["url"]["value"]) == "${var.webhook_url}"
+    variables = terraform_blocks("variable")
+    assert {"webhook_url", "dead_letter_queue_arn", "event_bus_name"} <= set(variables)
+    assert "default" not in variables["webhook_url"]

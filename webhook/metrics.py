@@ -9,6 +9,11 @@ Under gunicorn each worker is a process of its own. When ``PROMETHEUS_MULTIPROC_
 memory-mapped files there and ``/metrics`` sums them across workers with
 :class:`~prometheus_client.multiprocess.MultiProcessCollector`. Only counters and histograms are
 used, so no ``child_exit`` hook is needed (that is for live gauges).
+
+``webhook_certificate_keys_total`` counts, per process, each signing key the first time it is
+fetched, labelled by the first 16 hex digits of its fingerprint and whether it is ``trusted``
+(pinned, or no pins set): a new label is a key rotation to look at. Keys come only from trusted
+certificate URLs, so the label set stays small.
 """
 
 from __future__ import annotations
@@ -42,6 +47,12 @@ class WebhookMetrics:
             buckets=LATENCY_BUCKETS_SECONDS,
             registry=self.registry,
         )
+        self.certificate_keys = Counter(
+            "webhook_certificate_keys",
+            "Signing keys seen for the first time by a process, by fingerprint prefix.",
+            ["fingerprint", "trusted"],
+            registry=self.registry,
+        )
         # Labelled children by (outcome, reason): ``labels()`` validates and looks them up
         # under a lock on every call; the label sets are few and fixed.
         self._children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
@@ -57,6 +68,11 @@ class WebhookMetrics:
             self._children[(outcome, reason)] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def key_seen(self, fingerprint: str, trusted: bool) -> None:
+        """Count a certificate key this process sees for the first time (hex ``fingerprint``)."""
+        labels = {"fingerprint": fingerprint[:16], "trusted": "true" if trusted else "false"}
+        self.certificate_keys.labels(**labels).inc()
 
     def exposition(self) -> tuple[bytes, str]:
         """The Prometheus text exposition and its content type (summed across workers)."""

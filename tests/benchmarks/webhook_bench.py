@@ -324,7 +324,7 @@ def profile(env: dict[str, str], identity: Identity, host: CertificateHost) -> N
     from core.settings import load_settings
     from core.store import ReceiptStore
     from webhook import create_app
-    from webhook.events import parse_event
+    from webhook.admission import parse_envelope
     from webhook.intake import archive_publisher
     from webhook.messages import ArchiveMessages
     from webhook.signature import verify_delivery
@@ -349,7 +349,7 @@ def profile(env: dict[str, str], identity: Identity, host: CertificateHost) -> N
 
     steps: dict[str, Callable[[bytes, dict[str, str], str], object]] = {
         "verify (RSA, cached key)": lambda b, h, _: verify(h, b),
-        "parse event JSON": lambda b, _, __: parse_event(b),
+        "parse event JSON": lambda b, _, __: parse_envelope(b),
         "render archive message": lambda _, __, t: messages.render(t),
         "claim + LPUSH (Lua, 1 trip)": lambda b, _, t: store.claim_enqueued(
             "a" + t, b, queue_key=messages.queue_key, message=messages.render(t)
