@@ -13,11 +13,13 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from core.broker import PUBLISH_TIMEOUT_SECONDS, publisher
+from core.gauges import StateCollector
 from core.logs import configure_logging
 from core.settings import Settings, load_settings, settings_error
 from core.store import ReceiptStore
 from webhook.certificates import CertificateCache, create_http_client
 from webhook.intake import create_intake
+from webhook.messages import broker_is_redis_store
 from webhook.metrics import WebhookMetrics
 from webhook.trust import trust_from
 from webhook.views import EXTENSION, Webhook, bp
@@ -63,6 +65,7 @@ def build_webhook(settings: Settings) -> Webhook:
         retry=Retry(NoBackoff(), 1),
     )
     celery = publisher(settings)
+    metrics.add_state(StateCollector(client, client if broker_is_redis_store(settings) else None))
     keys = CertificateCache(
         trust.cert_urls,
         create_http_client(),

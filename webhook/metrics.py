@@ -21,6 +21,7 @@ from __future__ import annotations
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client import generate_latest as generate_latest_text
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -33,6 +34,7 @@ class WebhookMetrics:
 
     def __init__(self, multiproc_dir: str | None = None) -> None:
         self._multiproc_dir = multiproc_dir
+        self._state: Collector | None = None
         self.registry = CollectorRegistry()
         self.deliveries = Counter(
             "webhook_deliveries",
@@ -74,10 +76,17 @@ class WebhookMetrics:
         labels = {"fingerprint": fingerprint[:16], "trusted": "true" if trusted else "false"}
         self.certificate_keys.labels(**labels).inc()
 
+    def add_state(self, collector: Collector) -> None:
+        """Also expose ``collector`` (the pipeline's state gauges, :mod:`core.gauges`)."""
+        self._state = collector
+        self.registry.register(collector)
+
     def exposition(self) -> tuple[bytes, str]:
         """The Prometheus text exposition and its content type (summed across workers)."""
         if self._multiproc_dir is None:
             return generate_latest_text(self.registry), CONTENT_TYPE_LATEST
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=self._multiproc_dir)  # type: ignore[no-untyped-call]  # untyped in prometheus-client
+        if self._state is not None:
+            registry.register(self._state)
         return generate_latest_text(registry), CONTENT_TYPE_LATEST
