@@ -1,7 +1,13 @@
 """gunicorn settings of the ``web`` process: gevent workers, and a deadline on reading requests.
 
-Used by the Procfile and every deployment file:
-``gunicorn webhook.wsgi:app -c python:webhook.gunicorn_conf --bind ... --workers ...``.
+The Procfile (run from the repository root) loads this file by its path,
+``gunicorn webhook.wsgi:app -c webhook/gunicorn_conf.py --bind ... --workers ...``; the image
+copies it to ``/etc/asr-ingest/gunicorn_conf.py`` (``deploy/Dockerfile``). By path, not as
+``python:webhook.gunicorn_conf``: that would import the ``webhook`` package (redis-py, httpx,
+Celery, cryptography) into gunicorn's master before the workers monkey-patch, which gevent
+warns about (``redis.asyncio.connection`` keeps unpatched ``ssl`` names) and which leaves
+pre-patch locks behind. Loaded by path, this module imports only gevent and structlog; each
+worker patches first and then imports the app, as gunicorn intends.
 
 Why (an outside tester's finding): a sync worker gives its process to one connection until the
 request is read. Four clients that send their headers and then a body byte every 2 s held all
@@ -16,8 +22,8 @@ The decision:
   prometheus-client's multi-process files work unchanged (``tests/webhook/test_gunicorn.py``
   and ``tests/faults/`` run under it).
 * ``worker_connections``: a bound per worker, so a flood queues in the listen backlog instead of
-  exhausting memory: with :data:`BODY_READ_DEADLINE_SECONDS` a slow client holds a slot for at
-  most about 12 s, and 4 workers × 250 slots hold 200 slow clients with room to spare.
+  exhausting memory: with the two deadlines below a slow client holds a slot for at most about
+  15 s, and 4 workers × 250 slots hold 200 slow clients with room to spare.
 * Reading the request line and headers is bounded by ``keepalive`` seconds in total: gunicorn's
   gevent worker parses every request inside ``gevent.Timeout(keepalive)``, and closes the
   connection when it fires. So ``keepalive`` must stay above 0.
@@ -50,7 +56,8 @@ BODY_READ_DEADLINE_SECONDS = 10.0
 """How long a request body may take to arrive in full, from the end of its headers (seconds).
 
 An EventBridge delivery is about 1 KiB, sent at once; even the 1 MiB cap needs under 10 s at
-1 Mbit/s. nginx's ``client_body_timeout`` in ``deploy/nginx/`` is the same 10 s.
+1 Mbit/s. (nginx has no such total: its ``client_body_timeout`` bounds each read, see
+``deploy/nginx/asr-ingest.conf``.)
 """
 DEFAULT_MAX_BODY_BYTES = 1_048_576 + 1
 """Read at most this much of a chunked body when the app does not say (Flask's MAX_CONTENT_LENGTH)."""
@@ -64,6 +71,8 @@ graceful_timeout = 20
 limit_request_line = 4094
 limit_request_fields = 100
 limit_request_field_size = 8190
+control_socket_disable = True  # gunicorn >= 27's $HOME/.gunicorn/gunicorn.ctl: unused, and
+# read-only in the image (deploy/k8s: readOnlyRootFilesystem), shared by every gunicorn on a host
 
 log = structlog.get_logger("webhook.delivery")
 _request: ContextVar[Any] = ContextVar("gunicorn_request", default=None)
