@@ -17,12 +17,14 @@ import pytest
 
 from asr_ingest.stack import Child, ChildSpec, Stack
 from asr_ingest.starters import free_port, http_probe
+from tests.faults.proxy import nginx_binary, proxy_spec, render
 from tests.support.eventbridge_signer import CertificateHost, Route, Signer, make_identity
 from tests.webhook.conftest import CERT_PATH, TARGET_URL, cert_url_regex
 
 ROOT = Path(__file__).resolve().parents[2]
 
 StartWeb = Callable[..., Child]
+StartProxy = Callable[[Child], Child]
 
 
 def procfile_command(name: str, procfile: Path = ROOT / "Procfile") -> str:
@@ -73,6 +75,29 @@ def start_web(cert_host: CertificateHost, tmp_path: Path) -> Iterator[StartWeb]:
         url = f"http://127.0.0.1:{port}"
         probe = http_probe(f"{url}/readyz", status=200)
         return stack.start(ChildSpec("web", argv, env=env, probe=probe, cwd=ROOT, url=url))
+
+    yield start
+    stack.stop_all()
+
+
+@pytest.fixture
+def start_proxy(tmp_path: Path) -> Iterator[StartProxy]:
+    """Starts nginx with ``deploy/nginx/asr-ingest.conf`` in front of a started web process.
+
+    Skips when nginx is not installed (``.ci/run`` installs Debian's).
+    """
+    binary = nginx_binary()
+    if binary is None:
+        pytest.skip("nginx is not installed (apt-get install nginx)")
+    stack = Stack(sink=lambda _line: None, handle_signals=False, grace_s=5)
+
+    def start(web: Child) -> Child:
+        directory = tmp_path / "nginx"
+        directory.mkdir()
+        port = free_port()
+        upstream = int(web.spec.url.rsplit(":", 1)[1])
+        config = render(directory, listen_port=port, upstream_port=upstream)
+        return stack.start(proxy_spec(binary, config, port))
 
     yield start
     stack.stop_all()

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import redis
 
-from tests.faults.conftest import StartWeb
+from tests.faults.conftest import StartProxy, StartWeb
 from tests.faults.slow_clients import SlowClients, status_of
 from tests.support.eventbridge_signer import Signer
 from tests.webhook.conftest import archive_messages, event_body
@@ -55,20 +55,17 @@ def timed_get(url: str) -> tuple[int | None, float]:
     return status, time.monotonic() - started
 
 
-def test_deliveries_answered_with_200_slow_clients_connected(
-    start_web: StartWeb, redis_url: str, redis_client: redis.Redis, signer: Signer
-) -> None:
-    """200 slow clients on the Procfile's web: 10 of 10 deliveries get 200 within 5 s each."""
-    web = start_web(redis_url)
-    port = int(web.spec.url.rsplit(":", 1)[1])
+def deliver_past_slow_clients(url: str, signer: Signer, redis_client: redis.Redis) -> None:
+    """With 200 slow clients on ``url``: 10 of 10 deliveries and /livez answered within 5 s."""
+    port = int(url.rsplit(":", 1)[1])
     slow = SlowClients(port, count=SLOW_CLIENTS, duration_s=30).start()
     try:
         time.sleep(2.5)  # every slow client is past its headers and dripping its body
         with ThreadPoolExecutor(DELIVERIES) as pool:
             answers = list(
-                pool.map(lambda n: timed_delivery(web.spec.url, signer, f"slow-{n}"), range(10))
+                pool.map(lambda n: timed_delivery(url, signer, f"slow-{n}"), range(DELIVERIES))
             )
-        livez = timed_get(f"{web.spec.url}/livez")
+        livez = timed_get(f"{url}/livez")
         still_open = slow.open_count
     finally:
         slow.stop()
@@ -80,6 +77,26 @@ def test_deliveries_answered_with_200_slow_clients_connected(
     assert max(seconds for _, seconds in answers) < ANSWER_WITHIN_S
     assert livez[0] == 200 and livez[1] < ANSWER_WITHIN_S
     assert len(archive_messages(redis_client)) == DELIVERIES
+
+
+def test_deliveries_answered_with_200_slow_clients_connected(
+    start_web: StartWeb, redis_url: str, redis_client: redis.Redis, signer: Signer
+) -> None:
+    """200 slow clients on the Procfile's web: 10 of 10 deliveries get 200 within 5 s each."""
+    web = start_web(redis_url)
+    deliver_past_slow_clients(web.spec.url, signer, redis_client)
+
+
+def test_deliveries_answered_through_nginx_with_200_slow_clients(
+    start_web: StartWeb,
+    start_proxy: StartProxy,
+    redis_url: str,
+    redis_client: redis.Redis,
+    signer: Signer,
+) -> None:
+    """deploy/nginx in front of the Procfile's web, 200 slow clients on nginx: 10 of 10 in 5 s."""
+    proxy = start_proxy(start_web(redis_url))
+    deliver_past_slow_clients(proxy.spec.url, signer, redis_client)
 
 
 def test_slow_clients_are_cut_off_at_the_body_read_deadline(
