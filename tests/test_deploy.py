@@ -350,6 +350,16 @@ def test_readme_covers_operations() -> None:
     assert [state for state in states if f"`{state}`" not in readme] == []
 
 
+def test_readme_says_what_sits_in_front_of_the_webhook() -> None:
+    """The README names the gunicorn config, the nginx config, the Ingress and the 408 answer."""
+    readme = (ROOT / "README.md").read_text()
+    facts = [
+        GUNICORN_CONF, IMAGE_GUNICORN_CONF, "deploy/nginx/asr-ingest.conf", "Ingress", "gevent",
+        '408 {"error": "request_timeout"}', "tests/faults/test_slow_clients.py",
+    ]  # fmt: skip
+    assert [fact for fact in facts if fact not in readme] == []
+
+
 def test_starters_follow_contract(tmp_path: Path) -> None:
     """The local stack's specs run the contract's webhook, worker and beat commands."""
     env = {"REDIS_URL": "redis://127.0.0.1:6379/0"}

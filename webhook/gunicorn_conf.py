@@ -23,7 +23,7 @@ The decision:
   and ``tests/faults/`` run under it).
 * ``worker_connections``: a bound per worker, so a flood queues in the listen backlog instead of
   exhausting memory: with the two deadlines below a slow client holds a slot for at most about
-  15 s, and 4 workers × 250 slots hold 200 slow clients with room to spare.
+  15 s, and 4 workers x 250 slots hold 200 slow clients with room to spare.
 * Reading the request line and headers is bounded by ``keepalive`` seconds in total: gunicorn's
   gevent worker parses every request inside ``gevent.Timeout(keepalive)``, and closes the
   connection when it fires. So ``keepalive`` must stay above 0.
@@ -60,7 +60,7 @@ An EventBridge delivery is about 1 KiB, sent at once; even the 1 MiB cap needs u
 ``deploy/nginx/asr-ingest.conf``.)
 """
 DEFAULT_MAX_BODY_BYTES = 1_048_576 + 1
-"""Read at most this much of a chunked body when the app does not say (Flask's MAX_CONTENT_LENGTH)."""
+"""Bytes of a chunked body to read when the app has no Flask ``MAX_CONTENT_LENGTH``."""
 READ_CHUNK_BYTES = 65_536
 
 worker_class = "gevent"
