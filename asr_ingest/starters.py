@@ -203,6 +203,11 @@ def sandbox_env(child: Child, timeout_s: float = 10.0) -> dict[str, str]:
     return env
 
 
+GUNICORN_CONF = Path(__file__).resolve().parent.parent / "webhook" / "gunicorn_conf.py"
+"""The Procfile's gunicorn configuration (gevent workers, body-read deadline), by path: loading
+it by path keeps the webhook out of gunicorn's master before gevent patches the workers."""
+
+
 def webhook_spec(
     port: int | socket.socket,
     env: Mapping[str, str],
@@ -210,7 +215,8 @@ def webhook_spec(
     workers: int = 2,
     name: str = "web",
 ) -> ChildSpec:
-    """The webhook under gunicorn on ``127.0.0.1:port``; ready when ``/readyz`` answers 200.
+    """The webhook under gunicorn on ``127.0.0.1:port`` with the Procfile's configuration
+    (:data:`GUNICORN_CONF`); ready when ``/readyz`` answers 200.
 
     ``port`` may be a :func:`listening_socket`, which gunicorn then inherits (``fd://``).
     ``/readyz`` needs Redis and the broker (contract, "HTTP interface"), so start those first.
@@ -222,8 +228,8 @@ def webhook_spec(
     else:
         bind = f"{LOCALHOST}:{port}"
     url = f"http://{LOCALHOST}:{port}"
-    argv = [script("gunicorn"), "webhook.wsgi:app", "--bind", bind]
-    argv += ["--workers", str(workers), "--timeout", "30", "--graceful-timeout", "10"]
+    argv = [script("gunicorn"), "webhook.wsgi:app", "-c", str(GUNICORN_CONF), "--bind", bind]
+    argv += ["--workers", str(workers), "--graceful-timeout", "10"]
     probe = http_probe(f"{url}/readyz", status=200)
     return ChildSpec(name, argv, env=with_broker(env), probe=probe, url=url, pass_fds=fds)
 

@@ -42,6 +42,7 @@ class Reason(StrEnum):
     NOT_TRANSCRIPTION = "not_transcription"
     NOT_FINISHED = "not_finished"
     BODY_TOO_LARGE = "body_too_large"
+    REQUEST_TIMEOUT = "request_timeout"
     CERTIFICATE_UNAVAILABLE = "certificate_unavailable"
     REDIS_UNAVAILABLE = "redis_unavailable"
     BROKER_UNAVAILABLE = "broker_unavailable"
