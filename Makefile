@@ -33,8 +33,30 @@ format: install
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
+# Every benchmark (tests/benchmarks/, docs/benchmarks.md), then one table of the issue's figures,
+# also written to bench.json. Scale knobs: BENCH_RUN_FILES (asr-ingest run; the issue's figure
+# is 10000), BENCH_ARCHIVE_ARGS (--large: the 1 GB memory run), BENCH_*_ARGS for each script.
+BENCH_DIR ?= .bench
+BENCH_RUN_FILES ?= 1000
+BENCH_WEBHOOK_ARGS ?=
+BENCH_ARCHIVE_ARGS ?=
+BENCH_SUBMIT_ARGS ?=
+BENCH_LATENCY_ARGS ?=
+BENCH_RUN_ARGS ?= --files $(BENCH_RUN_FILES)
+
 bench: install
-	@for bench in tests/benchmarks/*_bench.py; do echo "== $$bench"; $(PY) $$bench || exit 1; done
+	@rm -rf $(BENCH_DIR) && mkdir -p $(BENCH_DIR)
+	@for bench in webhook archive submit latency run; do \
+		echo "== tests/benchmarks/$${bench}_bench.py"; \
+		case $$bench in \
+			webhook) extra="$(BENCH_WEBHOOK_ARGS)";; archive) extra="$(BENCH_ARCHIVE_ARGS)";; \
+			submit) extra="$(BENCH_SUBMIT_ARGS)";; latency) extra="$(BENCH_LATENCY_ARGS)";; \
+			run) extra="$(BENCH_RUN_ARGS)";; \
+		esac; \
+		$(PY) tests/benchmarks/$${bench}_bench.py --json-out $(BENCH_DIR)/$$bench.json $$extra \
+			|| echo "!! $$bench failed"; \
+	done
+	$(PY) tests/benchmarks/summary.py $(BENCH_DIR) --out bench.json
 
 samples:
 	bash sandbox/make_samples.sh
