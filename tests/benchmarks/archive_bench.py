@@ -77,7 +77,7 @@ def write_small(directory: Path, count: int) -> int:
     directory.mkdir(parents=True)
     total = 0
     for i in range(count):
-        body = te.result_file(f"{i}.wav", words=530)
+        body = te.result_file(f"{i}.wav", words=565)
         (directory / f"{i:04d}.json").write_bytes(body)
         total += len(body)
     return total
@@ -271,6 +271,7 @@ def throughput(
         "ARCHIVE_SPOOL_DIR": str(work),
         "ARCHIVE_FILE_CONCURRENCY": str(FILE_CONCURRENCY),
     }
+    s3.create_bucket(Bucket="bench")
     feeder = Feeder(redis_url)
     proc = start_worker(redis_url, env, work / "worker.log", command)
     phases = []
@@ -280,7 +281,6 @@ def throughput(
         feeder.wait_archived(list(warm))
         for _ in range(args.repeat):
             for corpus in corpora:
-                s3.create_bucket(Bucket="bench")  # idempotent in us-east-1
                 raw_s = raw_loop(corpus.urls(base), s3, "bench", f"raw-{uuid.uuid4().hex[:6]}", threads)
                 worker_s, cpu, commands = worker_phase(feeder, proc, corpus, base, args.tasks)
                 empty_bucket(s3, "bench")
@@ -288,6 +288,9 @@ def throughput(
                     Phase(corpus.name, corpus.count, corpus.total / 1e6, raw_s, worker_s, cpu, commands)
                 )
                 print_phase(phases[-1], command, threads)
+    except RuntimeError:
+        print(proc.log()[-3000:])
+        raise
     finally:
         proc.stop()
     return phases
