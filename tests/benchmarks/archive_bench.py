@@ -46,9 +46,8 @@ import httpx  # noqa: E402
 import redis  # noqa: E402
 
 from asr_ingest.embedded import EmbeddedRedis  # noqa: E402
-from asr_ingest.stack import Stack  # noqa: E402
+from asr_ingest.stack import ChildSpec, Stack  # noqa: E402
 from asr_ingest.starters import free_port, http_probe, moto_spec  # noqa: E402
-from asr_ingest.stack import ChildSpec  # noqa: E402
 from core.broker import publisher  # noqa: E402
 from core.settings import load_settings  # noqa: E402
 from core.store import ReceiptStore  # noqa: E402
@@ -281,11 +280,21 @@ def throughput(
         feeder.wait_archived(list(warm))
         for _ in range(args.repeat):
             for corpus in corpora:
-                raw_s = raw_loop(corpus.urls(base), s3, "bench", f"raw-{uuid.uuid4().hex[:6]}", threads)
+                raw_s = raw_loop(
+                    corpus.urls(base), s3, "bench", f"raw-{uuid.uuid4().hex[:6]}", threads
+                )
                 worker_s, cpu, commands = worker_phase(feeder, proc, corpus, base, args.tasks)
                 empty_bucket(s3, "bench")
                 phases.append(
-                    Phase(corpus.name, corpus.count, corpus.total / 1e6, raw_s, worker_s, cpu, commands)
+                    Phase(
+                        corpus.name,
+                        corpus.count,
+                        corpus.total / 1e6,
+                        raw_s,
+                        worker_s,
+                        cpu,
+                        commands,
+                    )
                 )
                 print_phase(phases[-1], command, threads)
     except RuntimeError:
@@ -404,9 +413,7 @@ def main() -> None:
     report(args, phases, memory)
 
 
-def report(
-    args: argparse.Namespace, phases: list[Phase], memory: dict[str, float] | None
-) -> None:
+def report(args: argparse.Namespace, phases: list[Phase], memory: dict[str, float] | None) -> None:
     """The figures (medians over rounds) and the per-file Redis commands."""
     figures = []
     for corpus in ("small", "large"):

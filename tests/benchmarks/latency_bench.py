@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import argparse
 import io
-import logging
 import json
+import logging
 import sys
 import tempfile
 import time
@@ -85,7 +85,9 @@ def submit_paced(api_url: str, api_key: str, media_url: str, tasks: int, rate: f
             while (now := time.perf_counter()) < scheduled:
                 time.sleep(min(scheduled - now, 0.005))
             lag = max(lag, time.perf_counter() - scheduled)
-            answer = client.post(f"{api_url}/services/audio/asr/transcription", json=body, headers=headers)
+            answer = client.post(
+                f"{api_url}/services/audio/asr/transcription", json=body, headers=headers
+            )
             if answer.status_code != 200:
                 raise RuntimeError(f"submit {n}: {answer.status_code} {answer.text[:200]}")
     return lag
@@ -122,9 +124,10 @@ def run_once(args: argparse.Namespace, work: Path) -> dict[str, float]:
     (work / "prometheus").mkdir()
     write_wav(work / "www" / "clip.wav")
     archive = work / "archive"
-    with EmbeddedRedis(work / "redis") as embedded, Stack(
-        sink=lambda _line: None, handle_signals=False, log_dir=work / "logs"
-    ) as stack:
+    with (
+        EmbeddedRedis(work / "redis") as embedded,
+        Stack(sink=lambda _line: None, handle_signals=False, log_dir=work / "logs") as stack,
+    ):
         static_port, web_port = free_port(), free_port()
         media = f"http://127.0.0.1:{static_port}"
         stack.start(

@@ -76,7 +76,9 @@ def floor_seconds(files: int, models: tuple[str, ...]) -> tuple[float, dict[str,
     client_rates = dict(
         (k, float(v)) for k, v in (item.split("=") for item in DEFAULT_SUBMIT_RATES.split(","))
     )
-    shares = [files // len(models) + (1 if n < files % len(models) else 0) for n in range(len(models))]
+    shares = [
+        files // len(models) + (1 if n < files % len(models) else 0) for n in range(len(models))
+    ]
     per_family: dict[str, float] = {}
     for model, count in zip(models, shares, strict=True):
         family = family_of(model)
@@ -161,9 +163,13 @@ def main() -> None:
     )
     if failed:
         note += f"; {len(failed)} run(s) did not exit 0"
-    figure = Figure("asr-ingest run vs the rate-limit floor", median_of(ratios), "x", "<=", 1.2, note, ratios)
+    figure = Figure(
+        "asr-ingest run vs the rate-limit floor", median_of(ratios), "x", "<=", 1.2, note, ratios
+    )
     write_figures(
-        args.json_out, "run", [figure],
+        args.json_out,
+        "run",
+        [figure],
         {"files": args.files, "floor_s": floor, "floor_by_family_s": per_family, "runs": runs},
     )
 

@@ -107,7 +107,15 @@ def main() -> None:
         f"{rounds[0]['rate_floor_s']:.1f} s), pipeline "
         f"{median_of(r['pipeline_s'] for r in rounds):.1f} s"
     )
-    figure = Figure("upload+submit vs max(rate floor, upload alone)", median_of(ratios), "x", "<=", 1.2, note, ratios)
+    figure = Figure(
+        "upload+submit vs max(rate floor, upload alone)",
+        median_of(ratios),
+        "x",
+        "<=",
+        1.2,
+        note,
+        ratios,
+    )
     write_figures(args.json_out, "submit", [figure], {"rounds": rounds})
 
 

@@ -1,4 +1,4 @@
-"""Collect the benchmarks' figures into one table and ``bench.json`` (the last step of ``make bench``).
+"""Collect the benchmarks' figures into one table and ``bench.json`` (``make bench``'s last step).
 
 ``python tests/benchmarks/summary.py DIR [--out bench.json]`` reads every ``*.json`` that the
 benchmarks wrote into DIR (``--json-out``), prints one table (figure, value, target, holds)
@@ -35,7 +35,9 @@ def rows(documents: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     for bench in ORDER:
         document = documents.get(bench)
         if document is None:
-            out.append({"bench": bench, "name": f"{bench} (not measured: it failed)", "value": None})
+            out.append(
+                {"bench": bench, "name": f"{bench} (not measured: it failed)", "value": None}
+            )
             continue
         out.extend({"bench": bench, **figure} for figure in document["figures"])
     return out

@@ -88,7 +88,7 @@ def gunicorn_spec(
     name: str, app_ref: str, port: int, env: dict[str, str], command: WebCommand
 ) -> ChildSpec:
     """gunicorn with the Procfile's ``web`` settings, the same for every app."""
-    argv = command.argv(script("gunicorn"), app_ref, port) + ["--log-level", "warning"]
+    argv = [*command.argv(script("gunicorn"), app_ref, port), "--log-level", "warning"]
     probe = http_probe(
         f"http://127.0.0.1:{port}/livez" if name == "webhook" else f"http://127.0.0.1:{port}/"
     )
@@ -359,7 +359,9 @@ def report(
     ratios = tuple(
         w.peak.rps / lim.peak.rps
         for (_, w), (_, lim) in zip(
-            [r for r in rows if r[0] == "webhook"], [r for r in rows if r[0] == "limit"], strict=True
+            [r for r in rows if r[0] == "webhook"],
+            [r for r in rows if r[0] == "limit"],
+            strict=True,
         )
     )
     ratio = median("webhook", lambda m: m.peak.rps) / median("limit", lambda m: m.peak.rps)
@@ -367,28 +369,44 @@ def report(
     errors = sum(m.peak.errors + m.paced.errors for _, m in rows)
     figures = [
         Figure(
-            "webhook peak req/s vs the limit", ratio, "x", ">=", 0.9,
+            "webhook peak req/s vs the limit",
+            ratio,
+            "x",
+            ">=",
+            0.9,
             f"webhook {median('webhook', lambda m: m.peak.rps):.0f}, "
             f"limit {median('limit', lambda m: m.peak.rps):.0f}, "
             f"bare {median('bare', lambda m: m.peak.rps):.0f} req/s",
             ratios,
         ),
         Figure(
-            "webhook p99 at half peak", median("webhook", lambda m: m.paced.p99_ms), "ms", "<", 25,
+            "webhook p99 at half peak",
+            median("webhook", lambda m: m.paced.p99_ms),
+            "ms",
+            "<",
+            25,
             f"at {median('webhook', lambda m: m.paced.rps):.0f} req/s",
             values("webhook", lambda m: m.paced.p99_ms),
         ),
         Figure(
-            "webhook server CPU per delivery over bare", cpu_gap, "ms", "<=", 0.25,
+            "webhook server CPU per delivery over bare",
+            cpu_gap,
+            "ms",
+            "<=",
+            0.25,
             f"webhook {median('webhook', lambda m: m.cpu_ms):.3f}, "
             f"limit {median('limit', lambda m: m.cpu_ms):.3f}, "
             f"bare {median('bare', lambda m: m.cpu_ms):.3f} ms/req; Redis: webhook "
             f"{median('webhook', lambda m: m.redis_cpu_ms):.3f}, limit "
             f"{median('limit', lambda m: m.redis_cpu_ms):.3f} ms/req",
-            tuple(w - b for w, b in zip(
-                values("webhook", lambda m: m.cpu_ms), values("bare", lambda m: m.cpu_ms),
-                strict=True,
-            )),
+            tuple(
+                w - b
+                for w, b in zip(
+                    values("webhook", lambda m: m.cpu_ms),
+                    values("bare", lambda m: m.cpu_ms),
+                    strict=True,
+                )
+            ),
         ),
     ]
     if errors:
@@ -440,14 +458,23 @@ def profile(
     target = env["WEBHOOK_PUBLIC_URL"]
     rendered = messages.render("warm")
     fields = {
-        "outcome": "accepted", "reason": "", "status": 200, "event_id": str(uuid.uuid4()),
-        "model": "paraformer-v2", "signature": "v2", "latency_ms": 1.23,
+        "outcome": "accepted",
+        "reason": "",
+        "status": 200,
+        "event_id": str(uuid.uuid4()),
+        "model": "paraformer-v2",
+        "signature": "v2",
+        "latency_ms": 1.23,
     }
 
     def verify(headers: dict[str, str], body: bytes) -> object:
         return verify_delivery(
-            headers, body, target_url=target, keys=hook.keys,
-            now_ms=int(time.time() * 1000), max_skew_ms=60_000,
+            headers,
+            body,
+            target_url=target,
+            keys=hook.keys,
+            now_ms=int(time.time() * 1000),
+            max_skew_ms=60_000,
         )
 
     def answer(task_id: str) -> object:
@@ -511,7 +538,9 @@ def whole_requests(
     apps = {
         "bare": create_bare_app(),
         "limit": create_limit_app(
-            limit["REDIS_URL"], limit["WEBHOOK_PUBLIC_URL"], limit["LIMIT_CERT_FILE"],
+            limit["REDIS_URL"],
+            limit["WEBHOOK_PUBLIC_URL"],
+            limit["LIMIT_CERT_FILE"],
             limit["LIMIT_MESSAGE_FILE"],
         ),
         "webhook": app,
@@ -533,7 +562,9 @@ def whole_requests(
         for _ in range(count):
             body, headers, _task = signed(signer)
             builder = EnvironBuilder(
-                path=TARGET_PATH, method="POST", data=body,
+                path=TARGET_PATH,
+                method="POST",
+                data=body,
                 headers={**headers, "Content-Type": "application/json"},
             )
             deliveries.append((builder.get_environ(), None, None))
