@@ -27,6 +27,7 @@ then whole requests under cProfile.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import multiprocessing as mp
 import os
@@ -499,6 +500,8 @@ def profile(
     try:
         for name, step in steps.items():
             deliveries = [signed(signer) for _ in range(count)]
+            gc.collect()
+            gc.freeze()
             results[name] = timed(step, deliveries, redis_client)
         wholes = whole_requests(app, limit, signer, count, redis_client)
     finally:
@@ -569,6 +572,8 @@ def whole_requests(
             )
             deliveries.append((builder.get_environ(), None, None))
         call(wsgi)(*deliveries.pop())  # warm
+        gc.collect()
+        gc.freeze()  # as webhook/wsgi.py does under gunicorn: collections skip what is built
         results[name] = timed(call(wsgi), deliveries, redis_client)  # type: ignore[arg-type]
     return results
 
