@@ -6,12 +6,13 @@ Result files are served by a static HTTP server process; archives go to moto S3 
 Procfile's ``worker`` pool and concurrency (``--pool``/``--concurrency`` override).
 
 Throughput, for two result sizes: **small** (``--files`` files of about 47 KB, the size of a
-typical Paraformer result) and **large** (``--large-files`` files of ``--large-mb`` MB), each
-archived as ``--tasks`` tasks. Baseline in the same run: a raw loop in this process that
-downloads each file with httpx and PUTs it with boto3, on as many threads as the worker can
-have files in flight (pool concurrency x ``ARCHIVE_FILE_CONCURRENCY``). Both start warm. Each
-of ``--repeat`` rounds runs the raw loop, then the worker; figures are medians of the
-rounds. Target: worker files/s >= 0.85 x raw loop.
+typical Paraformer result) and **large** (``--large-files`` files of ``--large-mb`` MB), archived
+as ``--tasks`` and ``--large-tasks`` tasks (at least ``ARCHIVE_FILE_CONCURRENCY`` files each,
+so the worker's files in flight match the loop's threads). Baseline in the same run: a raw
+loop in this process that downloads each file with httpx and PUTs it with boto3, on as many
+threads as the worker can have files in flight (pool concurrency x
+``ARCHIVE_FILE_CONCURRENCY``). Both start warm. Each of ``--repeat`` rounds runs the raw
+loop, then the worker; figures are medians of the rounds. Target: worker files/s >= 0.85 x raw loop.
 
 What the worker does per file beyond the loop is counted, not guessed: Redis commands from an
 ``INFO commandstats`` delta over the worker phase (minus the commands this script sends: one
@@ -283,7 +284,8 @@ def throughput(
                 raw_s = raw_loop(
                     corpus.urls(base), s3, "bench", f"raw-{uuid.uuid4().hex[:6]}", threads
                 )
-                worker_s, cpu, commands = worker_phase(feeder, proc, corpus, base, args.tasks)
+                tasks = args.tasks if corpus.name == "small" else args.large_tasks
+                worker_s, cpu, commands = worker_phase(feeder, proc, corpus, base, tasks)
                 empty_bucket(s3, "bench")
                 phases.append(
                     Phase(
@@ -373,7 +375,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--files", type=int, default=600, help="small result files")
     parser.add_argument("--large-files", type=int, default=24, help="large result files")
     parser.add_argument("--large-mb", type=float, default=4.0, help="size of a large result")
-    parser.add_argument("--tasks", type=int, default=12, help="tasks per size class")
+    parser.add_argument("--tasks", type=int, default=12, help="tasks of small results")
+    parser.add_argument(
+        "--large-tasks",
+        type=int,
+        default=None,
+        help="tasks of large results (default: one per ARCHIVE_FILE_CONCURRENCY files, so "
+        "the worker has as many files in flight as the raw loop has threads)",
+    )
     parser.add_argument("--pool", default=procfile.pool, help="worker pool (Procfile's)")
     parser.add_argument("--concurrency", type=int, default=procfile.concurrency)
     parser.add_argument("--big-mb", type=float, default=256, help="memory run size, 0: skip")
@@ -383,6 +392,8 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.large:
         args.big_mb = 1024
+    if args.large_tasks is None:
+        args.large_tasks = max(1, args.large_files // FILE_CONCURRENCY)
     return args
 
 
