@@ -47,6 +47,7 @@ from tests.benchmarks.common import (  # noqa: E402
     median_of,
     percentile,
     procfile_argv,
+    tree_cpu_seconds,
     write_figures,
 )
 
@@ -117,6 +118,12 @@ def latencies(client: redis.Redis, archive: Path, task_ids: list[str]) -> list[f
     return out
 
 
+def redis_cpu(client: redis.Redis) -> float:
+    """Redis server CPU seconds so far (``INFO cpu``)."""
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def run_once(args: argparse.Namespace, work: Path) -> dict[str, float]:
     """One measurement with fresh servers; p50, p99, max (s), completeness, submit lag."""
     (work / "redis").mkdir(parents=True)
@@ -166,13 +173,19 @@ def run_once(args: argparse.Namespace, work: Path) -> dict[str, float]:
                     probe=http_probe(f"http://127.0.0.1:{web_port}/readyz", status=200),
                 )
             )
-            stack.start(worker_child(env, f"latency-{web_port}@bench"))
+            worker = stack.start(worker_child(env, f"latency-{web_port}@bench"))
+            client = redis.Redis.from_url(embedded.url)
+            pids = {"web": stack["web"].pid, "worker": worker.pid}
+            cpu_before = {name: tree_cpu_seconds(pid) for name, pid in pids.items()}
+            redis_before, own_before = redis_cpu(client), time.process_time()
             started = time.perf_counter()
             lag = submit_paced(box.api_url, box.api_key, f"{media}/clip.wav", args.tasks, args.rate)
             task_ids = [s["task_id"] for s in box.state()["submissions"] if s.get("task_id")]
             missing = wait_manifests(archive, task_ids, args.tasks / args.rate + args.drain_seconds)
             took = time.perf_counter() - started
-            client = redis.Redis.from_url(embedded.url)
+            cpu = {name: tree_cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+            cpu["redis"] = redis_cpu(client) - redis_before
+            cpu["sandbox"] = time.process_time() - own_before  # and the submitter: this process
             values = latencies(client, archive, task_ids)
             client.close()
     result = {
@@ -182,6 +195,12 @@ def run_once(args: argparse.Namespace, work: Path) -> dict[str, float]:
         "p99_s": percentile(values, 99),
         "max_s": max(values, default=float("nan")),
         "submit_lag_s": lag,
+        "first_decile_p50_s": percentile(values[: len(values) // 10], 50),
+        "last_decile_p50_s": percentile(values[-(len(values) // 10) :], 50),
+        **{
+            f"cpu_ms_per_task_{name}": seconds * 1000 / max(1, len(task_ids))
+            for name, seconds in cpu.items()
+        },
         "wall_s": took,
         "web": command.describe(),
         "worker": " ".join(procfile_argv("worker")[1:]),
@@ -190,6 +209,15 @@ def run_once(args: argparse.Namespace, work: Path) -> dict[str, float]:
         f"{result['archived']}/{result['tasks']} archived in {took:.1f} s; receipt -> manifest "
         f"p50 {result['p50_s'] * 1000:.0f} ms, p99 {result['p99_s'] * 1000:.0f} ms, max "
         f"{result['max_s'] * 1000:.0f} ms; submissions at most {lag * 1000:.0f} ms behind pace"
+    )
+    print(
+        f"p50 of the first tenth {result['first_decile_p50_s'] * 1000:.0f} ms, of the last tenth "
+        f"{result['last_decile_p50_s'] * 1000:.0f} ms (growing: the pace is above throughput); "
+        "CPU ms per task: "
+        + ", ".join(
+            f"{n} {result[f'cpu_ms_per_task_{n}']:.1f}"
+            for n in ("web", "worker", "redis", "sandbox")
+        )
     )
     return result
 
