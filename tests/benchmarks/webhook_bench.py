@@ -430,85 +430,128 @@ def profile(
 ) -> None:
     """Attribute the webhook's per-delivery CPU to steps, against the limit and bare Flask.
 
-    In-process, with real Redis. Each step runs alone over ``args.profile_count`` fresh
-    deliveries (CPU microseconds of this process per delivery, and of Redis for the intake
-    script); then whole requests are driven through each app's WSGI callable with pre-built
-    environs (what gunicorn hands the app; gunicorn's own HTTP parsing, the same for all three
-    apps, is not included). The webhook's remainder, whole minus its steps, is what Flask,
-    werkzeug and the view's glue cost. Then the webhook's whole requests under cProfile.
+    In-process, with real Redis, GC frozen as ``webhook/wsgi.py`` does. Whole requests go
+    through each app's WSGI callable with pre-built environs (what gunicorn hands the app;
+    gunicorn's own HTTP parsing, the same for all three apps, is left out): CPU µs of this
+    process and of Redis per request. Then the webhook again with each step of its view
+    wrapped in a CPU timer, in place (the functions the view calls, patched on the module
+    and on the app's collaborators): what is left is Flask, werkzeug and the view's glue.
+    Then the webhook's whole requests under cProfile.
     """
-    from flask import jsonify
-
     from core.settings import load_settings
-    from core.store import ReceiptStore
     from webhook import create_app
-    from webhook.events import parse_event
-    from webhook.messages import ArchiveMessages
-    from webhook.signature import verify_delivery
-    from webhook.views import EXTENSION, log
 
     os.environ["SSL_CERT_FILE"] = env["SSL_CERT_FILE"]
     app = create_app(
         load_settings(**{k.lower(): v for k, v in env.items() if k != "SSL_CERT_FILE"})
     )
-    hook = app.extensions[EXTENSION]
-    store = ReceiptStore(hook.redis, 3600)
-    messages = ArchiveMessages(hook.celery)
     signer = Signer(identity, host.url(CERT_PATH), env["WEBHOOK_PUBLIC_URL"])
     count = args.profile_count
-    target = env["WEBHOOK_PUBLIC_URL"]
-    rendered = messages.render("warm")
-    fields = {
-        "outcome": "accepted",
-        "reason": "",
-        "status": 200,
-        "event_id": str(uuid.uuid4()),
-        "model": "paraformer-v2",
-        "signature": "v2",
-        "latency_ms": 1.23,
-    }
-
-    def verify(headers: dict[str, str], body: bytes) -> object:
-        return verify_delivery(
-            headers,
-            body,
-            target_url=target,
-            keys=hook.keys,
-            now_ms=int(time.time() * 1000),
-            max_skew_ms=60_000,
-        )
-
-    def answer(task_id: str) -> object:
-        with app.app_context():
-            return jsonify({"status": "accepted", "task_id": task_id})
-
-    steps: dict[str, Callable[[bytes, dict[str, str], str], object]] = {
-        "signature (verify_delivery)": lambda b, h, _: verify(h, b),
-        "parse (parse_event)": lambda b, _, __: parse_event(b),
-        "message render": lambda _, __, t: messages.render(t),
-        "intake script (claim_enqueued)": lambda b, _, t: store.claim_enqueued(
-            t, b, queue_key="profile:archive", message=rendered, event_id="e", model="m"
-        ),
-        "log line (structlog JSON)": lambda _, __, t: log.info("delivery", task_id=t, **fields),
-        "metrics (observe)": lambda _, __, ___: hook.metrics.observe("accepted", "", 0.0012),
-        "JSON answer (jsonify)": lambda _, __, t: answer(t),
-    }
-    verify(*reversed(signed(signer)[:2]))  # warm: certificate fetch, connections
     redis_client = redis.Redis.from_url(env["REDIS_URL"])
     saved, sys.stdout = sys.stdout, open(os.devnull, "w")  # noqa: SIM115  # mute log lines
-    results: dict[str, tuple[float, float]] = {}
     try:
-        for name, step in steps.items():
-            deliveries = [signed(signer) for _ in range(count)]
-            gc.collect()
-            gc.freeze()
-            results[name] = timed(step, deliveries, redis_client)
         wholes = whole_requests(app, limit, signer, count, redis_client)
+        steps, timed_whole = webhook_steps(app, signer, count, redis_client)
     finally:
         sys.stdout.close()
         sys.stdout = saved
-    print_profile(results, wholes, count)
-    whole_request_cprofile(app.test_client(), signer, count)
+    print_profile(steps, timed_whole, wholes, count)
+    whole_request_cprofile(app, signer, count)
+
+
+class StepTimer:
+    """CPU seconds spent inside wrapped callables, by step name (nested steps count in both)."""
+
+    def __init__(self) -> None:
+        self.cpu: dict[str, float] = {}
+
+    def wrap(self, name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        """``function`` with its CPU time added to step ``name``."""
+        self.cpu.setdefault(name, 0.0)
+
+        def timed_call(*args: Any, **kwargs: Any) -> Any:
+            started = time.process_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.cpu[name] += time.process_time() - started
+
+        return timed_call
+
+
+def webhook_steps(
+    app: Any, signer: Signer, count: int, redis_client: redis.Redis
+) -> tuple[dict[str, tuple[float, float]], tuple[float, float]]:
+    """Per-step CPU µs of the webhook's deliveries, measured in place; and the timed whole."""
+    from unittest import mock
+
+    from webhook import views
+    from webhook.views import EXTENSION
+
+    hook = app.extensions[EXTENSION]
+    timer = StepTimer()
+    intake = hook.intake
+    patches = [
+        mock.patch.object(views, "_read_body", timer.wrap("body read", views._read_body)),
+        mock.patch.object(views, "verify_delivery", timer.wrap("signature", views.verify_delivery)),
+        mock.patch.object(views, "parse_event", timer.wrap("parse", views.parse_event)),
+        mock.patch.object(intake, "take", timer.wrap("intake (all)", intake.take)),
+        mock.patch.object(
+            intake._messages, "render", timer.wrap("message render", intake._messages.render)
+        ),
+        mock.patch.object(
+            intake._store,
+            "claim_enqueued",
+            timer.wrap("intake script", intake._store.claim_enqueued),
+        ),
+        mock.patch.object(views, "log", mock.Mock(info=timer.wrap("log line", views.log.info))),
+        mock.patch.object(hook.metrics, "observe", timer.wrap("metrics", hook.metrics.observe)),
+        mock.patch.object(views, "jsonify", timer.wrap("JSON answer", views.jsonify)),
+    ]
+    for patch in patches:
+        patch.start()
+    try:
+        timed_whole = timed(call_wsgi(app), environs(signer, count), redis_client)
+    finally:
+        for patch in patches:
+            patch.stop()
+    cpu = {name: seconds / count * 1e6 for name, seconds in timer.cpu.items()}
+    cpu["intake glue (take)"] = (
+        cpu.pop("intake (all)") - cpu["message render"] - cpu["intake script"]
+    )
+    steps = {name: (value, 0.0) for name, value in cpu.items()}
+    steps["intake script"] = (cpu["intake script"], timed_whole[1])
+    return steps, timed_whole
+
+
+def environs(signer: Signer, count: int) -> list[tuple[Any, None, None]]:
+    """``count`` fresh signed deliveries as WSGI environs (built before any timing)."""
+    from werkzeug.test import EnvironBuilder
+
+    out = []
+    for _ in range(count):
+        body, headers, _task = signed(signer)
+        builder = EnvironBuilder(
+            path=TARGET_PATH,
+            method="POST",
+            data=body,
+            headers={**headers, "Content-Type": "application/json"},
+        )
+        out.append((builder.get_environ(), None, None))
+    return out
+
+
+def call_wsgi(wsgi: Any) -> Callable[[Any, object, object], object]:
+    """A step that calls ``wsgi`` with one environ and requires a 200."""
+
+    def run(environ: Any, _: object, __: object) -> object:
+        status: list[str] = []
+        body = b"".join(wsgi(environ, lambda s, h, e=None: status.append(s)))
+        if not status[0].startswith("200"):
+            raise RuntimeError(f"{status[0]}: {body[:200]!r}")
+        return body
+
+    return run
 
 
 def timed(
@@ -535,9 +578,7 @@ def redis_cpu_seconds_of(client: redis.Redis) -> float:
 def whole_requests(
     app: Any, limit: dict[str, str], signer: Signer, count: int, redis_client: redis.Redis
 ) -> dict[str, tuple[float, float]]:
-    """CPU µs per whole request of bare, limit and webhook, called as WSGI apps."""
-    from werkzeug.test import EnvironBuilder
-
+    """CPU µs per whole request (this process, Redis) of bare, limit and webhook, as WSGI."""
     apps = {
         "bare": create_bare_app(),
         "limit": create_limit_app(
@@ -548,51 +589,41 @@ def whole_requests(
         ),
         "webhook": app,
     }
-
-    def call(wsgi: Any) -> Callable[[bytes, dict[str, str], str], object]:
-        def run(environ: Any, _: object, __: object) -> object:
-            status: list[str] = []
-            body = b"".join(wsgi(environ, lambda s, h, e=None: status.append(s)))
-            if not status[0].startswith("200"):
-                raise RuntimeError(f"{status[0]}: {body[:200]!r}")
-            return body
-
-        return run
-
     results = {}
     for name, wsgi in apps.items():
-        deliveries = []
-        for _ in range(count):
-            body, headers, _task = signed(signer)
-            builder = EnvironBuilder(
-                path=TARGET_PATH,
-                method="POST",
-                data=body,
-                headers={**headers, "Content-Type": "application/json"},
-            )
-            deliveries.append((builder.get_environ(), None, None))
-        call(wsgi)(*deliveries.pop())  # warm
+        deliveries = environs(signer, count + 1)
+        call_wsgi(wsgi)(*deliveries.pop())  # warm: certificate fetch, connections
         gc.collect()
         gc.freeze()  # as webhook/wsgi.py does under gunicorn: collections skip what is built
-        results[name] = timed(call(wsgi), deliveries, redis_client)  # type: ignore[arg-type]
+        results[name] = timed(call_wsgi(wsgi), deliveries, redis_client)  # type: ignore[arg-type]
     return results
 
 
 def print_profile(
-    steps: dict[str, tuple[float, float]], wholes: dict[str, tuple[float, float]], count: int
+    steps: dict[str, tuple[float, float]],
+    timed_whole: tuple[float, float],
+    wholes: dict[str, tuple[float, float]],
+    count: int,
 ) -> None:
-    """The per-step table and the gap to the limit."""
-    print(f"{'step of one webhook delivery':36}{'CPU us':>9}{'Redis us':>10}   ({count} each)")
+    """The per-step table and the gap to the limit.
+
+    Each timed step carries the timer's own cost (two ``process_time`` calls, a few µs): the
+    difference between the timed and the untimed whole request.
+    """
+    print(f"{'one webhook delivery, step':34}{'CPU us':>9}{'Redis us':>10}   ({count} each)")
     for name, (cpu, redis_us) in steps.items():
-        print(f"{name:36}{cpu:9.0f}{redis_us:10.0f}")
-    total = sum(cpu for cpu, _ in steps.values())
-    webhook = wholes["webhook"][0]
-    print(f"{'Flask/werkzeug + view glue (rest)':36}{webhook - total:9.0f}")
-    print(f"{'= webhook whole request (WSGI)':36}{webhook:9.0f}{wholes['webhook'][1]:10.0f}")
+        print(f"{name:34}{cpu:9.0f}{redis_us:10.0f}")
+    rest = timed_whole[0] - sum(cpu for cpu, _ in steps.values())
+    print(f"{'Flask/werkzeug + view glue (rest)':34}{rest:9.0f}")
+    print(f"{'= whole, steps timed':34}{timed_whole[0]:9.0f}")
+    untimed, untimed_redis = wholes["webhook"]
+    print(f"{'webhook whole request, untimed':34}{untimed:9.0f}{untimed_redis:10.0f}")
     for name in ("limit", "bare"):
-        print(f"{name + ' whole request (WSGI)':36}{wholes[name][0]:9.0f}{wholes[name][1]:10.0f}")
-    print(f"gap webhook - limit: {webhook - wholes['limit'][0]:.0f} us CPU per delivery")
-    print("PROFILE_JSON " + json.dumps({"steps": steps, "whole": wholes, "count": count}))
+        print(f"{name + ' whole request':34}{wholes[name][0]:9.0f}{wholes[name][1]:10.0f}")
+    gap = wholes["webhook"][0] - wholes["limit"][0]
+    print(f"gap webhook - limit: {gap:.0f} us CPU per delivery (WSGI; gunicorn not included)")
+    document = {"steps": steps, "rest": rest, "whole": wholes, "count": count}
+    print("PROFILE_JSON " + json.dumps(document))
 
 
 def signed(signer: Signer) -> tuple[bytes, dict[str, str], str]:
@@ -602,24 +633,38 @@ def signed(signer: Signer) -> tuple[bytes, dict[str, str], str]:
     return body, signer.headers(body), task_id
 
 
-def whole_request_cprofile(client: Any, signer: Signer, count: int) -> None:
-    """cProfile whole requests through Flask's test client; print the top functions."""
+def whole_request_cprofile(app: Any, signer: Signer, count: int) -> None:
+    """cProfile whole webhook requests through its WSGI callable; the top functions by
+    cumulative and by own time."""
     import cProfile
     import pstats
 
-    deliveries = [signed(signer) for _ in range(count)]
+    from werkzeug.test import EnvironBuilder
+
+    environs = []
+    for _ in range(count):
+        body, headers, _task = signed(signer)
+        builder = EnvironBuilder(
+            path=TARGET_PATH,
+            method="POST",
+            data=body,
+            headers={**headers, "Content-Type": "application/json"},
+        )
+        environs.append(builder.get_environ())
     saved, sys.stdout = sys.stdout, open(os.devnull, "w")  # noqa: SIM115  # mute delivery lines
-    profiler = cProfile.Profile()
+    profiler = cProfile.Profile(time.process_time)  # CPU time, as the table above
     try:
         profiler.enable()
-        for body, headers, _ in deliveries:
-            client.post(TARGET_PATH, data=body, headers=headers)
+        for environ in environs:
+            b"".join(app(environ, lambda *_args: None))
         profiler.disable()
     finally:
         sys.stdout.close()
         sys.stdout = saved
-    print("whole requests through the test client under cProfile (tottime):")
-    pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
+    print("webhook whole requests (WSGI) under cProfile, CPU time, by cumulative time:")
+    pstats.Stats(profiler).sort_stats("cumulative").print_stats(40)
+    print("by own time:")
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
 
 
 if __name__ == "__main__":
