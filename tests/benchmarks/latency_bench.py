@@ -210,9 +210,11 @@ def run_once(args: argparse.Namespace, work: Path) -> dict[str, float]:
         f"p50 {result['p50_s'] * 1000:.0f} ms, p99 {result['p99_s'] * 1000:.0f} ms, max "
         f"{result['max_s'] * 1000:.0f} ms; submissions at most {lag * 1000:.0f} ms behind pace"
     )
+    growing = result["last_decile_p50_s"] > max(0.1, 2 * result["first_decile_p50_s"])
+    backlog = " (growing: a backlog, the pace is above what the parts sustain)" if growing else ""
     print(
         f"p50 of the first tenth {result['first_decile_p50_s'] * 1000:.0f} ms, of the last tenth "
-        f"{result['last_decile_p50_s'] * 1000:.0f} ms (growing: the pace is above throughput); "
+        f"{result['last_decile_p50_s'] * 1000:.0f} ms{backlog}; "
         "CPU ms per task: "
         + ", ".join(
             f"{n} {result[f'cpu_ms_per_task_{n}']:.1f}"

@@ -9,7 +9,10 @@ worker, shares the files round-robin among its default models, and waits until e
 settled. The sandbox runs with ``--no-ffprobe`` (probing is DashScope's work, off our machine
 in production; ``--ffprobe`` keeps it).
 
-Time: from starting the command to the last manifest written (latest ``archived_at``).
+Time: from starting the command to the last manifest written (latest ``archived_at``), split
+by the manifests' ``received_at`` into: start → first event (stack start, walk, first
+uploads and submit), first → last event (the submissions, which the floor bounds), last event
+→ last manifest (the archive tail).
 
 Floor: submissions are the one thing that cannot go faster. Each model family has its own
 submit limit (``rps_f``: the sandbox's ``--submit-rps``, which ``SUBMIT_RATES`` matches) and
@@ -88,14 +91,20 @@ def floor_seconds(files: int, models: tuple[str, ...]) -> tuple[float, dict[str,
     return max(per_family.values()), per_family
 
 
-def last_manifest(archive: Path) -> tuple[int, float]:
-    """(number of manifests, latest ``archived_at`` as epoch seconds) under ``archive``."""
-    count, latest = 0, 0.0
+def manifest_times(archive: Path) -> tuple[int, float, float, float]:
+    """(manifests, earliest and latest ``received_at``, latest ``archived_at``), epoch seconds."""
+    count, first_in, last_in, last_out = 0, float("inf"), 0.0, 0.0
     for path in archive.glob("*/manifest.json"):
         manifest = json.loads(path.read_text())
-        at = datetime.fromisoformat(manifest["archived_at"].replace("Z", "+00:00")).timestamp()
-        count, latest = count + 1, max(latest, at)
-    return count, latest
+        received, archived = epoch(manifest["received_at"]), epoch(manifest["archived_at"])
+        count, last_out = count + 1, max(last_out, archived)
+        first_in, last_in = min(first_in, received), max(last_in, received)
+    return count, first_in, last_in, last_out
+
+
+def epoch(iso: str) -> float:
+    """An ISO 8601 UTC time (``Z``) as epoch seconds."""
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
 def run_once(args: argparse.Namespace, work: Path) -> dict[str, float]:
@@ -117,7 +126,7 @@ def run_once(args: argparse.Namespace, work: Path) -> dict[str, float]:
             process.terminate()
             code = process.wait(30)
     command_s = time.perf_counter() - started
-    manifests, latest = last_manifest(archive)
+    manifests, first_in, last_in, latest = manifest_times(archive)
     lines = (work / "run.out").read_text(errors="replace").splitlines()
     rows = [json.loads(line) for line in lines if line.startswith("{")]
     statuses: dict[str, int] = {}
@@ -130,12 +139,21 @@ def run_once(args: argparse.Namespace, work: Path) -> dict[str, float]:
         "to_last_manifest_s": latest - started_wall if latest else float("nan"),
         "command_s": command_s,
         "manifests": manifests,
+        "start_to_first_event_s": first_in - started_wall if manifests else float("nan"),
+        "first_to_last_event_s": last_in - first_in if manifests else float("nan"),
+        "last_event_to_last_manifest_s": latest - last_in if manifests else float("nan"),
         "statuses": statuses,
     }
     print(
         f"asr-ingest run, {args.files} files: exit {code}; last manifest after "
         f"{result['to_last_manifest_s']:.1f} s; command {command_s:.1f} s; {manifests} manifests; "
         f"file statuses {statuses}"
+    )
+    print(
+        f"  start -> first event {result['start_to_first_event_s']:.1f} s (stack start, upload, "
+        f"first submit); first -> last event {result['first_to_last_event_s']:.1f} s (the "
+        f"submissions: compare the floor); last event -> last manifest "
+        f"{result['last_event_to_last_manifest_s']:.1f} s"
     )
     return result
 
