@@ -219,6 +219,7 @@ class Phase:
     worker_s: float
     worker_cpu_s: float
     redis_commands: dict[str, int]
+    raw_cpu_s: float = 0.0
 
     @property
     def ratio(self) -> float:
@@ -281,9 +282,11 @@ def throughput(
         feeder.wait_archived(list(warm))
         for _ in range(args.repeat):
             for corpus in corpora:
+                raw_cpu = time.process_time()
                 raw_s = raw_loop(
                     corpus.urls(base), s3, "bench", f"raw-{uuid.uuid4().hex[:6]}", threads
                 )
+                raw_cpu = time.process_time() - raw_cpu
                 tasks = args.tasks if corpus.name == "small" else args.large_tasks
                 worker_s, cpu, commands = worker_phase(feeder, proc, corpus, base, tasks)
                 empty_bucket(s3, "bench")
@@ -296,6 +299,7 @@ def throughput(
                         worker_s,
                         cpu,
                         commands,
+                        raw_cpu,
                     )
                 )
                 print_phase(phases[-1], command, threads)
@@ -322,8 +326,9 @@ def print_phase(phase: Phase, command: WorkerCommand, threads: int) -> None:
         f"{phase.corpus:5} {phase.files} files {mb:.1f} MB | raw loop ({threads} threads) "
         f"{phase.files / phase.raw_s:7.1f} files/s {mb / phase.raw_s:6.1f} MB/s | worker "
         f"({command.pool} x{command.concurrency}) {phase.files / phase.worker_s:7.1f} files/s "
-        f"{mb / phase.worker_s:6.1f} MB/s | ratio {phase.ratio:.2f} | worker CPU "
-        f"{phase.worker_cpu_s / phase.files * 1000:.1f} ms/file"
+        f"{mb / phase.worker_s:6.1f} MB/s | ratio {phase.ratio:.2f} | CPU per file: worker "
+        f"{phase.worker_cpu_s / phase.files * 1000:.1f} ms, raw loop "
+        f"{phase.raw_cpu_s / phase.files * 1000:.1f} ms"
     )
     top = sorted(phase.redis_commands.items(), key=lambda kv: -kv[1])
     total = sum(phase.redis_commands.values())
