@@ -97,7 +97,11 @@ class BodyDeadline:
         if size == 0:
             return self.app(environ, start_response)
         started = time.perf_counter()
-        body = read_within(environ["wsgi.input"], size, self.deadline_s)
+        try:
+            body = read_within(environ["wsgi.input"], size, self.deadline_s)
+        except Exception as exc:  # bad chunk framing: the app answers it (400 bad_request)
+            environ["wsgi.input"] = Unreadable(exc)
+            return self.app(environ, start_response)
         if body is None:
             return self._timed_out(environ, start_response, time.perf_counter() - started)
         environ["wsgi.input"] = io.BytesIO(body)
@@ -127,6 +131,21 @@ class BodyDeadline:
         headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
         start_response("408 Request Timeout", headers)
         return [body]
+
+
+class Unreadable(io.RawIOBase):
+    """A request body whose reading failed: every read raises that same error again, so the
+    app's own error handling answers it (with its log line and metrics)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        raise self.error
 
 
 def read_within(stream: Any, size: int, deadline_s: float) -> bytes | None:
