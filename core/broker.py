@@ -119,8 +119,14 @@ def transport_options(settings: Settings) -> dict[str, Any]:
 
 def broker_config(settings: Settings) -> dict[str, Any]:
     """The Celery settings that publishers and workers must agree on."""
+    url = broker_url(settings)
     return {
-        "broker_url": broker_url(settings),
+        "broker_url": url,
+        # Celery reads CELERY_BROKER_URL from the environment over broker_url; the read and
+        # write URLs win over both, so the derived spelling (sentinel://, no master_name
+        # query) is what connects, whatever the environment says.
+        "broker_read_url": url,
+        "broker_write_url": url,
         "broker_transport_options": transport_options(settings),
         # A worker never gives up on its broker (Celery's default is 100 attempts, then the
         # worker exits): it reconnects until the broker is back, however long that takes;

@@ -72,11 +72,12 @@ class Deliveries:
     statuses: Counter[int] = field(default_factory=Counter)
     outcomes: Counter[str] = field(default_factory=Counter)
     acknowledged: set[str] = field(default_factory=set)
-    first_ok_after: dict[str, float] = field(default_factory=dict)
+    answers: list[tuple[float, int, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def record(self, task_id: str, status: int, outcome: str) -> None:
         with self.lock:
+            self.answers.append((time.monotonic(), status, task_id))
             self.statuses[status] += 1
             self.outcomes[outcome] += 1
             if status == 200:
