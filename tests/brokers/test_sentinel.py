@@ -61,11 +61,17 @@ def test_primary_killed_webhook_answers_503_then_everything_acknowledged_is_arch
         "REDIS_URL": sentinel_group.url,
         "ARCHIVE_URLS": archive.as_uri(),
         "RESULT_URL_REGEX": result_server.url_regex,
+        # The sweeps (beat inside the worker) at test scale: a receipt left 'received' or a
+        # lease that died is re-enqueued within seconds, not minutes.
+        "SWEEP_INTERVAL_SECONDS": "2",
+        "RECEIPT_SWEEP_AFTER_SECONDS": "5",
+        "ARCHIVE_STUCK_AFTER_SECONDS": "10",
+        "ARCHIVE_LEASE_SECONDS": "3",
     }
     web = start_webhook(env, app="tests.brokers.sentinel_wsgi:app")
     settings = load_settings(redis_url=sentinel_group.url)
     node = f"worker@{socket.gethostname()}"
-    spec = worker_spec(env, concurrency=2)
+    spec = worker_spec(env, concurrency=2, beat_schedule=tmp_path / "beat-schedule")
     argv = ["tests.brokers.sentinel_celery" if a == "worker.celery_app" else a for a in spec.argv]
     stack.start(replace(spec, argv=argv, probe=lambda: check(settings, node, 2.0).ok))
 
@@ -90,16 +96,6 @@ def test_primary_killed_webhook_answers_503_then_everything_acknowledged_is_arch
         list(clients.map(one, bodies))
         watching.result()
     assert seen.acknowledged == set(bodies)
-    client = connect(sentinel_group.url, socket_timeout=2.0)
-    try:
-        wait_until(lambda: set(manifests(archive)) == set(bodies), timeout_s=60, what="archived")
-    except AssertionError:
-        lost = lost_in_pop_window(client, set(bodies) - set(manifests(archive)))
-        if lost:
-            pytest.xfail(f"{POP_WINDOW_GAP} Lost this run: {sorted(lost)}")
-        raise
-    archived = time.monotonic()
-
     after_kill = [(t, status) for t, status, _ in seen.answers if t >= times["killed"]]
     first_fail = min(t for t, status in after_kill if status != 200)
     first_ok = min(t for t, status in after_kill if status == 200 and t > first_fail)
@@ -110,29 +106,41 @@ def test_primary_killed_webhook_answers_503_then_everything_acknowledged_is_arch
         "webhook_first_503_s": round(first_fail - times["killed"], 2),
         "webhook_200_again_s": round(first_ok - times["killed"], 2),
         "answers_during_outage": dict(outage),
-        "all_archived_s": round(archived - times["killed"], 2),
         "answers_total": dict(seen.statuses),
     }
     print(f"sentinel failover: {figures}")
+    client = connect(sentinel_group.url, socket_timeout=2.0)
+    try:
+        wait_until(lambda: set(manifests(archive)) == set(bodies), timeout_s=60, what="archived")
+    except AssertionError:
+        lost = lost_messages(client, set(bodies) - set(manifests(archive)))
+        if lost:
+            pytest.xfail(f"{LOST_MESSAGE_GAP} Lost this run (receipt states): {lost}")
+        raise
+    print(
+        f"sentinel failover: all archived {time.monotonic() - times['killed']:.1f} s after the kill"
+    )
 
 
-POP_WINDOW_GAP = (
-    "Known gap, outside the broker layer: kombu's Redis transport takes a message with BRPOP "
-    "and records it as unacknowledged in a second command; a primary that dies between the "
-    "two loses the message, and the archive sweep re-enqueues only 'received' receipts and "
-    "stuck leases, never an 'enqueued' receipt whose message vanished (worker/archiving/"
-    "service.py sweep; core/store.py)."
+LOST_MESSAGE_GAP = (
+    "Known gap, outside the broker layer: a message can vanish in a failover while its "
+    "receipt stays behind: kombu's Redis transport takes a message with BRPOP and records it "
+    "as unacknowledged in a second command (a primary dying in between loses it). The archive "
+    "sweep re-enqueues only 'received' receipts and expired leases, never an 'enqueued' "
+    "receipt whose message is gone (worker/archiving/service.py sweep, core/store.py)."
 )
 
 
-def lost_in_pop_window(client: redis.Redis, missing: set[str]) -> set[str]:
-    """The missing tasks whose receipt says ``enqueued`` yet whose message is nowhere: not on
-    the ``archive`` list, not among kombu's unacknowledged messages (lost as POP_WINDOW_GAP
-    says). Any other missing task is a failure of its own."""
-    if not missing:
-        return set()
+def lost_messages(client: redis.Redis, missing: set[str]) -> dict[str, str]:
+    """Missing task → receipt state, when every missing task has an ``enqueued`` receipt yet no
+    message anywhere (not on ``archive``, not among kombu's unacknowledged messages): lost as
+    LOST_MESSAGE_GAP says. Empty when any task is missing otherwise (the sweeps recover
+    ``received`` receipts and dead leases, so those are failures)."""
     queued = client.lrange("archive", 0, -1) + list(client.hvals("unacked"))
-    in_broker = {t for t in missing if any(t.encode() in message for message in queued)}
-    states = {t: client.hget(f"asr:receipt:{t}", "state") for t in missing - in_broker}
-    lost = {t for t, state in states.items() if state == b"enqueued"}
-    return lost if lost == missing else set()
+    states = {t: client.hget(f"asr:receipt:{t}", "state") for t in missing}
+    lost = {
+        t: state.decode()
+        for t, state in states.items()
+        if state == b"enqueued" and not any(t.encode() in m for m in queued)
+    }
+    return lost if missing and set(lost) == missing else {}
