@@ -11,6 +11,7 @@ Commands and their modules (the contract's "Command line" table):
 ``export``     :mod:`asr_ingest.export_cmd`: transcripts as txt, srt, vtt or jsonl files
 ``show``       :mod:`asr_ingest.export_cmd`: the transcript text of one file or task
 ``sandbox``    :mod:`sandbox.cli`: the DashScope + EventBridge stand-in
+``health``     :mod:`asr_ingest.health_cmd`: does a worker still consume tasks (liveness)
 =============  ==========================================
 """
 
@@ -31,6 +32,7 @@ COMMANDS = {
     "export": "asr_ingest.export_cmd:export",
     "show": "asr_ingest.export_cmd:show",
     "sandbox": "sandbox.cli:sandbox",
+    "health": "asr_ingest.health_cmd:health",
 }
 
 
