@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import cast
 
 import click
-import redis
 
 from asr_ingest.home import state_settings
 from asr_ingest.transcripts import FORMATS, Format, render
+from core.redis_client import connect
 from core.settings import Settings
 from worker.archiving import manifest as mf
 from worker.archiving.destinations import Destination, open_destinations
@@ -40,7 +40,7 @@ class Resolver:
 
     def __init__(self, settings: Settings) -> None:
         self.destination: Destination = open_destinations(settings)[0]
-        client = redis.Redis.from_url(settings.redis_url)
+        client = connect(settings.redis_url)
         self.submissions = SubmissionStore(client, settings.submission_ttl_seconds)
 
     def manifest(self, task_id: str) -> mf.Manifest | None:

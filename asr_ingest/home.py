@@ -27,6 +27,7 @@ import click
 import redis
 
 from asr_ingest.embedded import EmbeddedRedis
+from core.redis_client import connect
 from core.settings import Settings, broker_url_for, load_settings
 
 HOME_VARIABLE = "ASR_INGEST_HOME"
@@ -67,7 +68,7 @@ def socket_url(home: Path) -> str:
 
 def answers(url: str) -> bool:
     """True when a Redis server answers PING at ``url`` within 1 s."""
-    client = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    client = connect(url, socket_timeout=1.0, socket_connect_timeout=1.0)
     try:
         return bool(client.ping())
     except (redis.RedisError, OSError):

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import redis
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from asr_ingest.submit_cmd import ProgressView, SubmitReport
+from core.redis_client import connect
 from core.settings import Settings
 from worker.archiving.destinations import open_destinations
 from worker.submission.tracking import FileOutcome, OutcomeReader
@@ -51,7 +51,7 @@ def follow_runs(
 
     Shows a progress display of uploads, submissions and finished files meanwhile.
     """
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     reader = OutcomeReader(client, settings)
     accepted = sum(r.accepted for r in reports)
     view = ProgressView(console, accepted, accepted + sum(len(r.rejected) for r in reports))

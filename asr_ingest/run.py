@@ -29,7 +29,6 @@ from urllib.parse import urlsplit
 
 import boto3
 import click
-import redis
 from rich.console import Console
 
 from asr_ingest.home import answers, home_dir, log_dir, redis_dir, socket_path, socket_url
@@ -48,6 +47,7 @@ from asr_ingest.starters import (
 from asr_ingest.submit_cmd import SubmitReport, submit_paths
 from core.errors import PermanentError
 from core.models import family_of
+from core.redis_client import connect
 from core.settings import Settings, broker_url_for, load_settings, load_settings_from
 from worker.submission.batching import check_parameters, parse_parameters
 from worker.submission.media import SUPPORTED_FORMATS, walk
@@ -267,7 +267,7 @@ def _checked_options(models: Sequence[str], params: Sequence[str]) -> dict[str, 
 
 def _in_flight(settings: Settings, reports: Sequence[SubmitReport]) -> list[str]:
     """Task ids of files not final yet (submitted, not archived or failed)."""
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     try:
         reader = OutcomeReader(client, settings)
         outcomes = [o for r in reports for o in reader.run(r.run_id)]

@@ -24,12 +24,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
-import redis
 from celery import Celery
 
 from asr_ingest.embedded import redis_server_binary
 from asr_ingest.stack import Child, ChildSpec, Probe
 from core.queues import ARCHIVE_QUEUE, SUBMIT_QUEUE
+from core.redis_client import connect
 from core.settings import broker_url_for
 
 LOCALHOST = "127.0.0.1"
@@ -99,7 +99,7 @@ def redis_probe(url: str) -> Probe:
     """Probe: the Redis server at ``url`` (any redis-py URL) answers PING within 1 s."""
 
     def probe() -> bool:
-        client = redis.Redis.from_url(url, socket_timeout=1.0)
+        client = connect(url, socket_timeout=1.0)
         try:
             return bool(client.ping())
         finally:

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import click
-import redis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -25,6 +24,7 @@ from asr_ingest.home import state_settings
 from core.errors import PipelineError
 from core.models import family_of
 from core.queues import SUBMIT_QUEUE
+from core.redis_client import connect
 from core.settings import Settings, load_settings
 from worker.app import create_celery
 from worker.submission.batching import check_parameters, parse_parameters, plan_batches
@@ -63,7 +63,7 @@ def submit_paths(
     check_parameters(parameters)
     accepted, rejected = walk(paths)
     batches = plan_batches(accepted, model, settings.submit_batch_size)
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     try:
         store = SubmissionStore(client, settings.submission_ttl_seconds)
         run_id = store.create_run(model, parameters, batches, rejected, force=force)
@@ -89,7 +89,7 @@ def wait_for(
 
     Files still unsettled at the deadline come back with status ``pending``.
     """
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     reader = OutcomeReader(client, settings)
     deadline = time.monotonic() + timeout_s
     try:
@@ -196,7 +196,7 @@ def submit(
 def status(task_or_file: str) -> None:
     """Show a task we submitted (by task id, or by a local file it took)."""
     settings = state_settings()
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     try:
         info = task_status(client, settings, task_or_file)
     finally:

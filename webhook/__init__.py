@@ -7,7 +7,6 @@ gunicorn (``gunicorn webhook.wsgi:app``).
 from __future__ import annotations
 
 import pydantic
-import redis
 from flask import Flask
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -15,6 +14,7 @@ from redis.retry import Retry
 from core.broker import PUBLISH_TIMEOUT_SECONDS, publisher
 from core.gauges import StateCollector
 from core.logs import configure_logging
+from core.redis_client import connect
 from core.settings import Settings, load_settings, settings_error
 from core.store import ReceiptStore
 from webhook.certificates import CertificateCache, create_http_client
@@ -58,7 +58,7 @@ def build_webhook(settings: Settings) -> Webhook:
     :class:`core.settings.SettingsError` from :func:`webhook.trust.trust_from`."""
     trust = trust_from(settings)
     metrics = WebhookMetrics(settings.prometheus_multiproc_dir)
-    client = redis.Redis.from_url(
+    client = connect(
         settings.redis_url,
         socket_timeout=REDIS_TIMEOUT_SECONDS,
         socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
