@@ -16,12 +16,71 @@ Reconciliation stores synthesised events in the same envelope, so they parse the
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from core.errors import PermanentError, Reason
 from core.logs import strip_query
 from core.models import Family, family_of, model_from_api_key
+
+TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+"""A usable ``task_id`` (whole match): DashScope's are UUIDs. It becomes a Redis key and an
+object key or path (`docs/contract.md`, "Archive layout"), so ``/``, ``\\``, a leading dot,
+whitespace and control characters are refused; ``..`` can only appear inside a name."""
+
+LINK_LIFETIME_SECONDS = 24 * 3600
+"""How long a ``transcription_url`` stays valid (`docs/dashscope-transcription.md`, "The
+transcription result file"), used when a link does not say when it expires."""
+
+_CHINA = timezone(timedelta(hours=8))
+
+
+def check_task_id(task_id: object) -> str:
+    """``task_id`` when it is a usable id (:data:`TASK_ID_PATTERN`).
+
+    Raises :class:`PermanentError` (``bad_task_id``) otherwise: never write under such an id.
+    """
+    if isinstance(task_id, str) and TASK_ID_PATTERN.fullmatch(task_id):
+        return task_id
+    raise PermanentError(f"unsafe task_id {str(task_id)[:80]!r}", reason=Reason.BAD_TASK_ID)
+
+
+def link_expiry(url: str) -> float | None:
+    """When a signed link expires, seconds since the epoch; None when it does not say.
+
+    OSS V1 signatures carry ``Expires`` (epoch seconds; `docs/dashscope-transcription.md`);
+    V4 signatures ``x-oss-date``/``X-Amz-Date`` (``YYYYmmddTHHMMSSZ``) plus
+    ``x-oss-expires``/``X-Amz-Expires`` (seconds). Unreadable values count as absent.
+    """
+    query = {k.lower(): v for k, v in parse_qsl(urlsplit(url).query)}
+    if query.get("expires", "").isdigit():
+        return float(query["expires"])
+    for prefix in ("x-oss-", "x-amz-"):
+        date, seconds = query.get(prefix + "date", ""), query.get(prefix + "expires", "")
+        try:
+            signed = datetime.strptime(date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        except ValueError:
+            continue
+        if seconds.isdigit():
+            return signed.timestamp() + int(seconds)
+    return None
+
+
+def china_time(text: object) -> float | None:
+    """``data.end_time``-style China local time (``YYYY-mm-dd HH:MM:SS[.fff]``, UTC+8) in
+    seconds since the epoch; None when absent or malformed (times are read leniently:
+    `docs/dashscope-transcription.md`, "The completion event")."""
+    if not isinstance(text, str):
+        return None
+    for pattern in ("%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%d %H:%M:%S"):
+        try:
+            return datetime.strptime(text.strip(), pattern).replace(tzinfo=_CHINA).timestamp()
+        except ValueError:
+            continue
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +119,8 @@ class TaskEvent:
     entries: tuple[ResultEntry, ...] | None
     code: str | None = None
     message: str | None = None
+    end_time: float | None = None
+    """``data.end_time`` in seconds since the epoch, when the event says (else None)."""
 
     @property
     def family(self) -> Family:
@@ -75,22 +136,23 @@ def parse_event(body: bytes) -> TaskEvent:
     """Parse raw event bytes; the model is not checked here (see :attr:`TaskEvent.family`).
 
     Raises :class:`PermanentError` (``bad_event``) when the body is not a JSON object with
-    ``data.task_id``.
+    ``data.task_id``, (``bad_task_id``) when that id is unsafe (:func:`check_task_id`).
     """
     try:
         envelope = json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise _bad("event is not JSON") from exc
     data = envelope.get("data") if isinstance(envelope, dict) else None
     if not isinstance(data, dict) or not isinstance(data.get("task_id"), str):
         raise _bad("event has no data.task_id")
     model = model_from_api_key(str(data.get("user_api_unique_key") or ""))
     event = TaskEvent(
-        task_id=data["task_id"],
+        task_id=check_task_id(data["task_id"]),
         event_id=str(envelope.get("id") or ""),
         model=model,
         task_status=str(data.get("task_status") or "UNKNOWN"),
         entries=None,
+        end_time=china_time(data.get("end_time")),
     )
     result = data.get("output_result")
     if data.get("contain_result") is False or not isinstance(result, dict):
@@ -150,7 +212,7 @@ def redact_event(body: bytes) -> bytes:
     """
     try:
         document = json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise _bad("event is not JSON") from exc
     return json.dumps(_strip_urls(document), ensure_ascii=False, indent=2).encode()
 

@@ -65,8 +65,8 @@ def manifest_of(dest: Destination, task_id: str) -> dict[str, Any]:
     return json.loads(raw)
 
 
-def run(archiver: Archiver, client: redis.Redis, receipt: Any, final: bool = False) -> Any:
-    """One archive run of ``receipt`` with its Redis progress."""
+def run(archiver: Archiver, client: redis.Redis, receipt: Any, final: Any = lambda: False) -> Any:
+    """One archive run of ``receipt`` with its Redis progress; ``final()``: no retry left."""
     return archiver.run(receipt, Progress(client, receipt.task_id, 600), final=final)
 
 
@@ -199,7 +199,7 @@ def test_final_attempt_records_partial_failure(
     receipt = store_event(
         redis_client, "t-7", te.event("t-7", "fun-asr", te.batch_output("t-7", results))
     )
-    outcome = run(Archiver([local], fetcher), redis_client, receipt, final=True)
+    outcome = run(Archiver([local], fetcher), redis_client, receipt, final=lambda: True)
     manifest = manifest_of(local, "t-7")
     assert [e.reason for e in outcome.errors] == ["result_http_5xx", "result_too_large"]
     assert manifest["archive_status"] == "partial"
@@ -230,7 +230,7 @@ def test_expired_link_twice_is_permanent(
     redis_client: redis.Redis, result_server: ResultServer, fetcher: ResultFetcher,
     local: Destination, dashscope: DashScopeClient,
 ) -> None:  # fmt: skip
-    """When the fresh link is expired too, the file fails as expired_link (no more queries)."""
+    """When the fresh link is expired too, the file fails as result_expired (no more queries)."""
     old = result_server.add("/r/old.json", b"{}", faults=[Fault(status=404)])
     new = result_server.add("/r/new.json", b"{}", faults=[Fault(status=403)])
     answer = {"request_id": "q", "output": te.batch_output("t-9", [te.ok(new)])}
@@ -239,7 +239,7 @@ def test_expired_link_twice_is_permanent(
         redis_client, "t-9", te.event("t-9", "fun-asr", te.batch_output("t-9", [te.ok(old)]))
     )
     outcome = run(Archiver([local], fetcher, query=dashscope.query), redis_client, receipt)
-    assert [e.reason for e in outcome.errors] == ["expired_link"]
+    assert [e.reason for e in outcome.errors] == ["result_expired"]
     assert result_server.hits("/api/v1/tasks/t-9") == 1
 
 
