@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.objectstore",
     "tests.fixtures.sandbox",
     "tests.fixtures.worker",
+    "tests.fixtures.faults",
 ]
