@@ -33,13 +33,14 @@ from typing import Any, TypeVar
 import redis
 import structlog
 from celery import Celery
-from celery.signals import task_prerun, worker_ready
+from celery.signals import task_prerun, task_received, worker_ready, worker_shutdown
 
 from core.broker import broker_config
 from core.logs import configure_logging
 from core.queues import ARCHIVE_TASK
 from core.settings import Settings, load_settings
 from worker import metrics
+from worker.recovery import Incarnation, broker_restorer
 
 T = TypeVar("T")
 
@@ -213,7 +214,49 @@ def _serve_metrics(sender: Any, **_: Any) -> None:
         structlog.get_logger(__name__).info("metrics served", port=settings.worker_metrics_port)
 
 
+def _incarnation(app: Any) -> Incarnation | None:
+    """This worker's :class:`~worker.recovery.Incarnation` (Redis brokers only), built once."""
+    settings: Settings = app.settings
+    if not settings.broker_url.startswith(("redis", "sentinel")):
+        return None
+    found: Incarnation = app.per_process(
+        "incarnation", lambda: Incarnation(app.redis, settings.worker_heartbeat_seconds)
+    )
+    return found
+
+
+def _record_delivery(sender: Any, request: Any, **_: Any) -> None:
+    """Record the delivery tag of a received message under this worker's incarnation."""
+    incarnation = _incarnation(sender.app)
+    tag = getattr(getattr(request, "message", None), "delivery_tag", None)
+    if incarnation is None or not tag:
+        return
+    try:
+        incarnation.received(str(tag))
+    except redis.RedisError as exc:  # Redis restarting: the visibility timeout still applies
+        structlog.get_logger(__name__).warning("delivery_not_recorded", error=repr(exc))
+
+
+def _start_recovery(sender: Any, **_: Any) -> None:
+    """Announce this worker and restore dead workers' messages, now and every period."""
+    incarnation = _incarnation(sender.app)
+    if incarnation is not None:
+        restore = broker_restorer(sender.app)
+        threading.Thread(target=incarnation.run, args=(restore,), daemon=True).start()
+
+
+def _retire(sender: Any, **_: Any) -> None:
+    """Forget this worker's incarnation at a warm shutdown."""
+    app = getattr(sender, "app", None)
+    incarnation = _incarnation(app) if app is not None else None
+    if incarnation is not None:
+        incarnation.retire()
+
+
 def connect_signals() -> None:
     """Connect the handlers above to Celery's signals (once per process: ``dispatch_uid``)."""
     task_prerun.connect(_bind_task_context, dispatch_uid="asr_ingest.bind_task_context")
     worker_ready.connect(_serve_metrics, dispatch_uid="asr_ingest.serve_metrics")
+    task_received.connect(_record_delivery, dispatch_uid="asr_ingest.record_delivery")
+    worker_ready.connect(_start_recovery, dispatch_uid="asr_ingest.start_recovery")
+    worker_shutdown.connect(_retire, dispatch_uid="asr_ingest.retire")
