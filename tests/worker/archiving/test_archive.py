@@ -286,3 +286,28 @@ def test_progress_is_scoped_to_destinations(
     both = Progress(redis_client, "t-12", 600, [local.url, extra.url])
     assert Archiver([local, extra], fetcher).run(receipt, both).complete
     assert extra.get_bytes("t-12/results/0000.json") == BODY_A and extra.exists("t-12/event.json")
+
+
+def test_a_bug_in_one_file_fails_that_file_only(
+    redis_client: redis.Redis, result_server: ResultServer, fetcher: ResultFetcher,
+    local: Destination, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """An unexpected exception while archiving one file is that file's ``internal_error``;
+    the other files are archived and the manifest records them all."""
+    url_a = result_server.add("/r/a.json", BODY_A)
+    url_b = result_server.add("/r/b.json", BODY_B)
+    body = te.event("t-bug", "fun-asr", te.batch_output("t-bug", [te.ok(url_a), te.ok(url_b)]))
+    receipt = store_event(redis_client, "t-bug", body)
+    original = local.put_bytes
+
+    def put_bytes(key: str, data: bytes) -> None:
+        if key.endswith("0001.json"):
+            raise RecursionError("a bug")
+        original(key, data)
+
+    monkeypatch.setattr(local, "put_bytes", put_bytes)
+    outcome = run(Archiver([local], fetcher), redis_client, receipt)
+    a, b = manifest_of(local, "t-bug")["files"]
+    assert a["key"] == "t-bug/results/0000.json" and a["error"] is None
+    assert b["key"] is None and b["error"]["reason"] == "internal_error"
+    assert [e.reason for e in outcome.errors] == ["internal_error"]
