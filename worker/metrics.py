@@ -14,6 +14,7 @@ Labels stay low-cardinality: ``destination`` is the destination kind (``file``, 
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from functools import cache
 
@@ -43,9 +44,21 @@ class _ArchiveMetrics:
     restored: Counter
 
 
-@cache
+_REGISTERING = threading.Lock()
+
+
 def _metrics() -> _ArchiveMetrics:
-    """Register the metrics on first use (never at import: entry points decide)."""
+    """The metrics, registered on first use (never at import: entry points decide).
+
+    Thread-safe: a task's files run in parallel, and two first uses at once would register
+    every metric twice (``DuplicateTimeseries``), failing those files.
+    """
+    with _REGISTERING:
+        return _registered()
+
+
+@cache
+def _registered() -> _ArchiveMetrics:
     return _ArchiveMetrics(
         files=Counter(
             "asr_archive_files", "Result files archived, by destination kind.", ["destination"]
