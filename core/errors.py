@@ -88,6 +88,10 @@ class Reason(StrEnum):
     TRANSIENT = "transient"
     PERMANENT = "permanent"
     PIPELINE_ERROR = "pipeline_error"
+    # archiving: fault handling (the retry horizon, task ids, leases)
+    RESULT_EXPIRED = "result_expired"
+    BAD_TASK_ID = "bad_task_id"
+    LEASE_HELD = "lease_held"
 
 
 class PipelineError(Exception):

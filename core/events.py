@@ -26,8 +26,11 @@ Reconciliation stores synthesised events in the same envelope, so they parse the
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from core.errors import PermanentError, Reason
 from core.logs import strip_query
@@ -53,6 +56,63 @@ def safe_text(value: object) -> str:
     except UnicodeEncodeError:
         return text.encode("utf-8", "backslashreplace").decode()
     return text
+
+
+TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+"""A usable ``task_id`` (whole match): DashScope's are UUIDs. It becomes a Redis key and an
+object key or path (`docs/contract.md`, "Archive layout"), so ``/``, ``\\``, a leading dot,
+whitespace and control characters are refused; ``..`` can only appear inside a name."""
+
+LINK_LIFETIME_SECONDS = 24 * 3600
+"""How long a ``transcription_url`` stays valid (`docs/dashscope-transcription.md`, "The
+transcription result file"), used when a link does not say when it expires."""
+
+_CHINA = timezone(timedelta(hours=8))
+
+
+def check_task_id(task_id: object) -> str:
+    """``task_id`` when it is a usable id (:data:`TASK_ID_PATTERN`).
+
+    Raises :class:`PermanentError` (``bad_task_id``) otherwise: never write under such an id.
+    """
+    if isinstance(task_id, str) and TASK_ID_PATTERN.fullmatch(task_id):
+        return task_id
+    raise PermanentError(f"unsafe task_id {str(task_id)[:80]!r}", reason=Reason.BAD_TASK_ID)
+
+
+def link_expiry(url: str) -> float | None:
+    """When a signed link expires, seconds since the epoch; None when it does not say.
+
+    OSS V1 signatures carry ``Expires`` (epoch seconds; `docs/dashscope-transcription.md`);
+    V4 signatures ``x-oss-date``/``X-Amz-Date`` (``YYYYmmddTHHMMSSZ``) plus
+    ``x-oss-expires``/``X-Amz-Expires`` (seconds). Unreadable values count as absent.
+    """
+    query = {k.lower(): v for k, v in parse_qsl(urlsplit(url).query)}
+    if query.get("expires", "").isdigit():
+        return float(query["expires"])
+    for prefix in ("x-oss-", "x-amz-"):
+        date, seconds = query.get(prefix + "date", ""), query.get(prefix + "expires", "")
+        try:
+            signed = datetime.strptime(date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        except ValueError:
+            continue
+        if seconds.isdigit():
+            return signed.timestamp() + int(seconds)
+    return None
+
+
+def china_time(text: object) -> float | None:
+    """``data.end_time``-style China local time (``YYYY-mm-dd HH:MM:SS[.fff]``, UTC+8) in
+    seconds since the epoch; None when absent or malformed (times are read leniently:
+    `docs/dashscope-transcription.md`, "The completion event")."""
+    if not isinstance(text, str):
+        return None
+    for pattern in ("%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%d %H:%M:%S"):
+        try:
+            return datetime.strptime(text.strip(), pattern).replace(tzinfo=_CHINA).timestamp()
+        except ValueError:
+            continue
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +151,8 @@ class TaskEvent:
     entries: tuple[ResultEntry, ...] | None
     code: str | None = None
     message: str | None = None
+    end_time: float | None = None
+    """``data.end_time`` in seconds since the epoch, when the event says (else None)."""
 
     @property
     def family(self) -> Family:
@@ -107,7 +169,8 @@ def parse_event(body: bytes) -> TaskEvent:
 
     A ``CANCELED`` or ``UNKNOWN`` task without a result gets no entries (not None: there is
     nothing to query). Raises :class:`PermanentError` (``bad_event``) when the body is not a
-    JSON object with ``data.task_id``.
+    JSON object with ``data.task_id``, (``bad_task_id``) when that id is unsafe
+    (:func:`check_task_id`).
     """
     try:
         envelope = json.loads(body)
@@ -119,12 +182,13 @@ def parse_event(body: bytes) -> TaskEvent:
     model = model_from_api_key(safe_text(data.get("user_api_unique_key") or ""))
     stated = safe_text(data.get("task_status") or "")
     event = TaskEvent(
-        task_id=safe_text(data["task_id"]),
+        task_id=check_task_id(data["task_id"]),
         event_id=safe_text(envelope.get("id") or ""),
         model=model,
         task_status=stated or "UNKNOWN",
         # only a stated CANCELED/UNKNOWN: an event without a status still gets its query
         entries=() if stated in NO_RESULT_STATUSES else None,
+        end_time=china_time(data.get("end_time")),
     )
     result = data.get("output_result")
     if data.get("contain_result") is False or not isinstance(result, dict):

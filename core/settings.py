@@ -121,11 +121,14 @@ class Settings(BaseSettings):
     result_url_regex: str = DEFAULT_RESULT_URL_REGEX
     result_max_bytes: int = Field(2_147_483_648, ge=1)
     archive_urls: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["./archive"])
-    archive_max_attempts: int = Field(6, ge=1)
+    # Transient failures are retried until the task's result links expire (the retry horizon,
+    # worker/archiving/service.py); when set, also at most this many runs. Unset: no limit.
+    archive_max_attempts: int | None = Field(None, ge=1)
     # Lease on one task's archiving (s), renewed every third of it while the worker lives;
     # keep it well below BROKER_VISIBILITY_TIMEOUT_SECONDS.
     archive_lease_seconds: int = Field(30, ge=1)
-    # Poison-loop guard: deliveries of one task_id (retries and redeliveries) before dead letter.
+    # Poison-loop guard: runs of one task_id that started and never finished (the process died)
+    # in a row before the dead letter; scheduled retries do not count.
     archive_max_deliveries: int = Field(12, ge=1)
     # Retry backoff (s): base * 2**retry with full jitter, capped here and at half the
     # visibility timeout.
@@ -178,6 +181,15 @@ class Settings(BaseSettings):
     )
     dashscope_workspace: str | None = None
     dashscope_query_qps: float = Field(10, gt=0, le=20)
+
+    # Archiving faults. A result download must average at least this many bytes per second
+    # once RESULT_TIMEOUT_SECONDS have passed: its total deadline is
+    # max(RESULT_TIMEOUT_SECONDS, bytes / RESULT_MIN_BYTES_PER_SECOND).
+    result_min_bytes_per_second: int = Field(262_144, ge=1)
+    # Workers announce themselves every this many seconds (s); one silent for three periods,
+    # or whose process is gone on this host, is dead and its unacknowledged messages go back
+    # to their queues (worker/recovery.py).
+    worker_heartbeat_seconds: float = Field(5.0, gt=0)
 
     log_format: Literal["json", "console"] = Field(
         default_factory=lambda: "console" if sys.stdout.isatty() else "json"

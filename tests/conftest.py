@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.worker",
     "tests.fixtures.rabbitmq",
     "tests.fixtures.sentinel",
+    "tests.fixtures.faults",
 ]

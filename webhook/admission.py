@@ -11,21 +11,17 @@ whose signature verified. Imports neither Flask nor Celery.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, replace
 from typing import Literal
 
 from core.errors import PermanentError, Reason
-from core.events import UNFINISHED_STATUSES, safe_text
+from core.events import TASK_ID_PATTERN, UNFINISHED_STATUSES, safe_text
 from core.models import family_of, model_from_api_key
 from webhook.errors import EventError
 from webhook.trust import Trust
 
 ASYNC_TASK_FINISH = "dashscope:System:AsyncTaskFinish"
 
-# DashScope task ids are UUIDs; anything that could escape an archive prefix ("/", "..") or
-# carry control characters is refused, since the id becomes a Redis key and an object key.
-_TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 
 IgnoreReason = Literal[Reason.OTHER_TYPE, Reason.NOT_TRANSCRIPTION, Reason.NOT_FINISHED]
 
@@ -78,7 +74,7 @@ def parse_envelope(body: bytes) -> Envelope:
     if not isinstance(data, dict):
         return replace(envelope, problem="event has no data object")
     task_id = data.get("task_id")
-    if not isinstance(task_id, str) or not _TASK_ID.fullmatch(task_id):
+    if not isinstance(task_id, str) or not TASK_ID_PATTERN.fullmatch(task_id):
         return replace(envelope, problem="event has no usable data.task_id")
     api_key = _text(data.get("user_api_unique_key"))
     return replace(

@@ -12,6 +12,15 @@ Delivery guarantees (Celery user guide, "Tasks" → ``acks_late``; kombu's Redis
 - ``worker_prefetch_multiplier = 1``: a worker holds one unstarted message per process, so a
   dead worker strands at most that many for one visibility timeout.
 - Results are ignored; only ids and plain JSON cross the broker.
+- Redis restarts: the worker reconnects forever (``broker_connection_max_retries=None``;
+  Celery's default gives up after 100 tries) and keeps running tasks running
+  (``worker_cancel_long_running_tasks_on_connection_loss`` stays off: their files are resumable,
+  and killing them would only waste the download). :func:`guard_redis_channels` fixes the
+  crash that used to follow: see its docstring.
+- A worker killed whole gives its unacknowledged messages back within seconds, not after the
+  visibility timeout: :mod:`worker.recovery`.
+- Retries are published with a patient policy (:data:`PUBLISH_RETRY_POLICY`): a retry sent
+  while Redis restarts waits for it instead of failing the task.
 """
 
 from __future__ import annotations
@@ -24,13 +33,14 @@ from typing import Any, TypeVar
 import redis
 import structlog
 from celery import Celery
-from celery.signals import task_prerun, worker_ready
+from celery.signals import task_prerun, task_received, worker_ready, worker_shutdown
 
 from core.broker import broker_config
 from core.logs import configure_logging
 from core.queues import ARCHIVE_TASK
 from core.settings import Settings, load_settings
 from worker import metrics
+from worker.recovery import Incarnation, broker_restorer
 
 T = TypeVar("T")
 
@@ -88,6 +98,56 @@ class AsrCelery(Celery):  # type: ignore[misc]  # Celery is untyped
             return found
 
 
+PUBLISH_RETRY_POLICY: dict[str, float | None] = {
+    "max_retries": 60,
+    "interval_start": 0,
+    "interval_step": 0.5,
+    "interval_max": 2,
+}
+"""Publishing from a worker (retries, the sweep): about two minutes of reconnecting."""
+
+
+def guard_redis_channels() -> None:
+    """Let a kombu Redis channel reach Redis after its connection was closed (idempotent).
+
+    Root cause of "Unrecoverable error: AttributeError: 'NoneType' object has no attribute
+    'hostname'" when Redis restarts while a task runs: on connection loss the consumer closes
+    its connection; closing a channel (kombu ``virtual.Channel.close``) restores its
+    unacknowledged messages, and a task that finishes later acknowledges its message on that
+    old channel. Both need a Redis client, which kombu's Redis ``Channel`` builds from
+    ``self.connection.client`` in ``_connparams``; but the closed channel's pools were
+    discarded and its transport has lost its ``client`` (``Connection._do_close_transport``)
+    or the channel its ``connection`` (``Transport.close_channel``), so ``_connparams``
+    dereferences None. The AttributeError is not a connection error, so Celery treats it as
+    fatal and the worker exits. Idle workers have nothing to restore or acknowledge: they
+    survive, as the tester saw.
+
+    The guard: a channel remembers the parameters it connected with and uses them when its
+    connection is gone. In Redis, an acknowledgement is an ``HDEL``/``ZREM`` by delivery tag
+    on the shared ``unacked`` keys, valid from any connection, so the late acknowledgement
+    reaches the restarted server (or fails as a connection error while it is down, which
+    Celery logs and survives; the message then stays unacknowledged, never lost).
+    """
+    from kombu.transport import redis as kombu_redis
+
+    channel_class: Any = kombu_redis.Channel
+    if getattr(channel_class, "_asr_guarded", False):
+        return
+    original = channel_class._connparams
+
+    def _connparams(self: Any, asynchronous: bool = False) -> dict[str, Any]:
+        saved: dict[bool, dict[str, Any]] = self.__dict__.setdefault("_asr_connparams", {})
+        transport = self.connection
+        if (transport is None or transport.client is None) and asynchronous in saved:
+            return dict(saved[asynchronous])
+        params: dict[str, Any] = original(self, asynchronous)
+        saved[asynchronous] = dict(params)
+        return params
+
+    channel_class._connparams = _connparams
+    channel_class._asr_guarded = True
+
+
 def beat_schedule(interval_s: float) -> dict[str, dict[str, Any]]:
     """:data:`BEAT_SCHEDULE` with every entry run each ``interval_s`` seconds.
 
@@ -118,6 +178,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_send_sent_event": True,
         "beat_schedule": beat_schedule(settings.sweep_interval_seconds),
         "timezone": "UTC",
+        "broker_connection_retry": True,
+        "broker_connection_max_retries": None,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "task_publish_retry_policy": PUBLISH_RETRY_POLICY,
     }
 
 
@@ -128,6 +192,7 @@ def create_celery(settings: Settings | None = None) -> AsrCelery:
     """
     settings = settings or load_settings()
     configure_logging(settings.log_format)
+    guard_redis_channels()
     connect_signals()
     app = AsrCelery("asr_ingest", include=TASK_MODULES)
     app.settings = settings
@@ -152,7 +217,49 @@ def _serve_metrics(sender: Any, **_: Any) -> None:
         structlog.get_logger(__name__).info("metrics served", port=settings.worker_metrics_port)
 
 
+def _incarnation(app: Any) -> Incarnation | None:
+    """This worker's :class:`~worker.recovery.Incarnation` (Redis brokers only), built once."""
+    settings: Settings = app.settings
+    if not settings.broker_url.startswith(("redis", "sentinel")):
+        return None
+    found: Incarnation = app.per_process(
+        "incarnation", lambda: Incarnation(app.redis, settings.worker_heartbeat_seconds)
+    )
+    return found
+
+
+def _record_delivery(sender: Any, request: Any, **_: Any) -> None:
+    """Record the delivery tag of a received message under this worker's incarnation."""
+    incarnation = _incarnation(sender.app)
+    tag = getattr(getattr(request, "message", None), "delivery_tag", None)
+    if incarnation is None or not tag:
+        return
+    try:
+        incarnation.received(str(tag))
+    except redis.RedisError as exc:  # Redis restarting: the visibility timeout still applies
+        structlog.get_logger(__name__).warning("delivery_not_recorded", error=repr(exc))
+
+
+def _start_recovery(sender: Any, **_: Any) -> None:
+    """Announce this worker and restore dead workers' messages, now and every period."""
+    incarnation = _incarnation(sender.app)
+    if incarnation is not None:
+        restore = broker_restorer(sender.app)
+        threading.Thread(target=incarnation.run, args=(restore,), daemon=True).start()
+
+
+def _retire(sender: Any, **_: Any) -> None:
+    """Forget this worker's incarnation at a warm shutdown."""
+    app = getattr(sender, "app", None)
+    incarnation = _incarnation(app) if app is not None else None
+    if incarnation is not None:
+        incarnation.retire()
+
+
 def connect_signals() -> None:
     """Connect the handlers above to Celery's signals (once per process: ``dispatch_uid``)."""
     task_prerun.connect(_bind_task_context, dispatch_uid="asr_ingest.bind_task_context")
     worker_ready.connect(_serve_metrics, dispatch_uid="asr_ingest.serve_metrics")
+    task_received.connect(_record_delivery, dispatch_uid="asr_ingest.record_delivery")
+    worker_ready.connect(_start_recovery, dispatch_uid="asr_ingest.start_recovery")
+    worker_shutdown.connect(_retire, dispatch_uid="asr_ingest.retire")

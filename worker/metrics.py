@@ -14,6 +14,7 @@ Labels stay low-cardinality: ``destination`` is the destination kind (``file``, 
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from functools import cache
 
@@ -29,6 +30,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
 LAG_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
+LIFETIME_BUCKETS = (0, 60, 300, 900, 1800, 3600, 7200, 14400, 28800, 43200, 64800, 86400)
 
 
 @dataclass(frozen=True)
@@ -38,11 +40,25 @@ class _ArchiveMetrics:
     failures: Counter
     task_seconds: Histogram
     lag_seconds: Histogram
+    link_left_seconds: Histogram
+    restored: Counter
+
+
+_REGISTERING = threading.Lock()
+
+
+def _metrics() -> _ArchiveMetrics:
+    """The metrics, registered on first use (never at import: entry points decide).
+
+    Thread-safe: a task's files run in parallel, and two first uses at once would register
+    every metric twice (``DuplicateTimeseries``), failing those files.
+    """
+    with _REGISTERING:
+        return _registered()
 
 
 @cache
-def _metrics() -> _ArchiveMetrics:
-    """Register the metrics on first use (never at import: entry points decide)."""
+def _registered() -> _ArchiveMetrics:
     return _ArchiveMetrics(
         files=Counter(
             "asr_archive_files", "Result files archived, by destination kind.", ["destination"]
@@ -63,6 +79,15 @@ def _metrics() -> _ArchiveMetrics:
             "asr_archive_lag_seconds",
             "From the event's receipt to its manifest being written, seconds.",
             buckets=LAG_BUCKETS,
+        ),
+        link_left_seconds=Histogram(
+            "asr_archive_link_left_seconds",
+            "Lifetime left of a result link when its download starts, seconds (<= 0: expired).",
+            buckets=LIFETIME_BUCKETS,
+        ),
+        restored=Counter(
+            "asr_worker_restored_messages",
+            "Unacknowledged messages of dead workers put back on their queues.",
         ),
     )
 
@@ -86,6 +111,16 @@ def task_finished(outcome: str, seconds: float) -> None:
 def archived_lag(seconds: float) -> None:
     """Record the event-to-archive lag of one task, seconds."""
     _metrics().lag_seconds.observe(max(0.0, seconds))
+
+
+def link_lifetime_left(seconds: float) -> None:
+    """Record how long a result link had left when its download started, seconds."""
+    _metrics().link_left_seconds.observe(seconds)
+
+
+def messages_restored(count: int) -> None:
+    """Count ``count`` messages of dead workers put back on their queues."""
+    _metrics().restored.inc(count)
 
 
 def _registry(multiproc_dir: str | None) -> CollectorRegistry:

@@ -7,7 +7,14 @@ import json
 import pytest
 
 from core.errors import PermanentError
-from core.events import parse_event, redact_event, safe_text, with_output
+from core.events import (
+    check_task_id,
+    link_expiry,
+    parse_event,
+    redact_event,
+    safe_text,
+    with_output,
+)
 from tests.support import task_events as te
 
 SIGNED = "https://dashscope-result-bj.oss-cn-beijing.aliyuncs.com/r/1.json?Expires=1&Signature=s"
@@ -138,3 +145,59 @@ def test_event_without_status_or_result_still_needs_query() -> None:
     del document["data"]["task_status"]
     event = parse_event(json.dumps(document).encode())
     assert (event.task_status, event.entries) == ("UNKNOWN", None)
+
+
+@pytest.mark.parametrize(
+    ("task_id", "usable"),
+    [
+        ("a154c328-6bd2-4c0c-9c5e-1e1f1d5f0a11", True),
+        ("t-1.b:c_d", True),
+        ("a..b", True),
+        ("../escaped-x", False),
+        ("a/b", False),
+        (".hidden", False),
+        ("a\x00b", False),
+        ("", False),
+        ("x" * 129, False),
+        (42, False),
+    ],
+)
+def test_check_task_id(task_id: object, usable: bool) -> None:
+    """Only ids that are safe as a Redis key and an object key or path pass."""
+    if usable:
+        assert check_task_id(task_id) == task_id
+    else:
+        with pytest.raises(PermanentError) as info:
+            check_task_id(task_id)
+        assert info.value.reason == "bad_task_id"
+
+
+def test_parse_event_refuses_an_unsafe_task_id() -> None:
+    """An event whose data.task_id could escape the archive is ``bad_task_id``."""
+    with pytest.raises(PermanentError) as info:
+        parse_event(te.event("../x", "fun-asr", te.batch_output("../x", [])))
+    assert info.value.reason == "bad_task_id"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://h/r?Expires=1700000000&Signature=s", 1700000000.0),
+        ("https://h/r?x-oss-date=20250101T000000Z&x-oss-expires=3600", 1735693200.0),
+        ("https://h/r?X-Amz-Date=20250101T000000Z&X-Amz-Expires=60", 1735689660.0),
+        ("https://h/r?Expires=soon", None),
+        ("https://h/r", None),
+    ],
+)
+def test_link_expiry(url: str, expected: float | None) -> None:
+    """OSS V1 ``Expires`` and V4 date plus lifetime give the expiry; anything else None."""
+    assert link_expiry(url) == expected
+
+
+def test_end_time_is_china_time() -> None:
+    """``data.end_time`` is read as UTC+8; a malformed time is None, never an error."""
+    body = json.loads(te.event("t1", "fun-asr", te.batch_output("t1", [])))
+    body["data"]["end_time"] = "2023-10-25 09:45:16"
+    assert parse_event(json.dumps(body).encode()).end_time == 1698198316.0
+    body["data"]["end_time"] = "2020-11-19T21:04:42.179PRC"
+    assert parse_event(json.dumps(body).encode()).end_time is None

@@ -129,11 +129,14 @@ class ResultServer:
         *,
         faults: list[Fault] | None = None,
         chunk_delay_s: float = 0.0,
+        expires_in_s: float = 86_400.0,
     ) -> str:
-        """Serve ``body`` at ``path``; return a signed-looking URL (with a query string)."""
+        """Serve ``body`` at ``path``; return a signed-looking URL (with a query string) whose
+        ``Expires`` is ``expires_in_s`` seconds from now (negative: already expired)."""
         with self._server.lock:
             self._server.routes[path] = _Route(body, list(faults or []), chunk_delay_s)
-        return f"{self.url}{path}?Expires=1700000000&OSSAccessKeyId=LTAIfake&Signature=c2lnbmVk"
+        expires = int(time.time() + expires_in_s)
+        return f"{self.url}{path}?Expires={expires}&OSSAccessKeyId=LTAIfake&Signature=c2lnbmVk"
 
     def add_json(self, path: str, document: Any, **kwargs: Any) -> str:
         """Serve ``document`` as JSON at ``path`` (see :meth:`add`)."""

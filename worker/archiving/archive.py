@@ -10,10 +10,12 @@ with what is missing, and rewrites the same keys if it repeats a step. Callers h
 task's :class:`worker.archiving.lease.Lease`.
 
 Failures: a permanent error of one file (oversized, not JSON, a URL outside the pattern, an
-expired link after one fresh query) marks that file with ``error`` and the others go on; a
-transient error stops the run after the other files were tried (the caller retries), unless
-``final`` is set, when it marks the file like a permanent one. A task-level permanent error (bad
-event, unknown model, a rejected query) gives a manifest with ``archive_error``.
+expired link after one fresh query: ``result_expired``; an unexpected exception:
+``internal_error``) marks that file with ``error`` and the others go on; a transient error
+stops the run after the other files were tried (the caller retries), unless the caller's
+``final()`` says no retry is left, when it marks the file like a permanent one, so the
+manifest records every file. A task-level permanent error (bad event, unknown model, a rejected
+query) gives a manifest with ``archive_error``.
 """
 
 from __future__ import annotations
@@ -29,17 +31,26 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import redis
+import structlog
 
 from core.errors import ExpiredLinkError, PermanentError, PipelineError, Reason, TransientError
-from core.events import ResultEntry, TaskEvent, parse_event, redact_event, with_output
+from core.events import (
+    UNFINISHED_STATUSES,
+    ResultEntry,
+    TaskEvent,
+    parse_event,
+    redact_event,
+    with_output,
+)
 from core.store import Receipt
 from worker import metrics
 from worker.archiving import manifest as mf
 from worker.archiving.destinations import Destination
 from worker.archiving.fetch import ResultFetcher
 
+log = structlog.get_logger(__name__)
+
 PROGRESS_KEY = "asr:archive:progress:{task_id}"
-_UNFINISHED = frozenset({"PENDING", "RUNNING"})
 QueryFn = Callable[[str], dict[str, Any]]
 """``GET /tasks/{task_id}``: the full JSON answer (`docs/dashscope-transcription.md`)."""
 
@@ -117,12 +128,14 @@ class Archiver:
         """True when ``<task_id>/manifest.json`` exists at every destination."""
         return all(d.exists(mf.manifest_key(task_id)) for d in self.destinations)
 
-    def run(self, receipt: Receipt, progress: Progress, *, final: bool = False) -> Outcome:
+    def run(
+        self, receipt: Receipt, progress: Progress, *, final: Callable[[], bool] = lambda: False
+    ) -> Outcome:
         """Archive ``receipt``'s task and write its manifest; returns the outcome.
 
-        Raises :class:`TransientError` when a step may succeed later (nothing is lost: the
-        progress is kept), unless ``final``; destination errors while writing the event or
-        the manifest always propagate.
+        Raises :class:`TransientError` when a file may succeed later (nothing is lost: the
+        progress is kept), unless ``final()`` (asked only then) is True; errors while writing
+        the event or the manifest, or querying the task, always propagate.
         """
         try:
             self._event_json(receipt, progress)
@@ -150,7 +163,7 @@ class Archiver:
         if self.query is None:
             raise PermanentError("event has no result and no query client", reason=Reason.NO_RESULT)
         queried = with_output(event, self.query(event.task_id).get("output"))
-        if queried.task_status in _UNFINISHED:
+        if queried.task_status in UNFINISHED_STATUSES:
             raise TransientError(f"task is {queried.task_status}", reason=Reason.TASK_NOT_FINISHED)
         return queried
 
@@ -162,7 +175,7 @@ class Archiver:
         progress.mark("event", {"bytes": len(body)})
 
     def _files(
-        self, event: TaskEvent, progress: Progress, final: bool
+        self, event: TaskEvent, progress: Progress, final: Callable[[], bool]
     ) -> tuple[list[dict[str, Any]], list[PipelineError]]:
         entries = list(event.entries or ())
         files = [mf.file_record(entry) for entry in entries]
@@ -175,6 +188,9 @@ class Archiver:
                 files[n].update(self._archive_entry(event, entries[n], progress, fresh))
             except PipelineError as exc:
                 return exc
+            except Exception as exc:  # a bug in one file: record it there, keep the others
+                log.exception("archive_file_internal_error", index=n)
+                return PermanentError(repr(exc)[:500], reason=Reason.INTERNAL_ERROR)
             return None
 
         with ThreadPoolExecutor(max_workers=self.file_concurrency) as pool:
@@ -183,13 +199,16 @@ class Archiver:
                 pool.submit(contextvars.copy_context().run, archive, n) for n in range(len(entries))
             ]
             outcomes = [future.result() for future in futures]
+        failed = [exc for exc in outcomes if exc is not None]
+        transient = [exc for exc in failed if isinstance(exc, TransientError)]
+        if transient and not final():
+            raise transient[0]
         errors: list[PipelineError] = []
-        transient: list[TransientError] = []
         for record, exc in zip(files, outcomes, strict=True):
             if exc is not None:
-                _record_failure(record, exc, final, errors, transient)
-        if transient and not final:
-            raise transient[0]
+                record["error"] = mf.error_record(exc)
+                metrics.failure(exc.reason)
+                errors.append(exc)
         return files, errors
 
     def _archive_entry(
@@ -204,28 +223,40 @@ class Archiver:
         except ExpiredLinkError as exc:
             renewed = self._renewed_entry(event, entry, fresh)
             if renewed is None:
-                raise PermanentError(str(exc), reason=Reason.EXPIRED_LINK) from exc
+                raise PermanentError(str(exc), reason=Reason.RESULT_EXPIRED) from exc
             try:
                 written = self._one_file(event.task_id, renewed)
             except ExpiredLinkError as again:
-                raise PermanentError(str(again), reason=Reason.EXPIRED_LINK) from again
+                raise PermanentError(str(again), reason=Reason.RESULT_EXPIRED) from again
         progress.mark(name, written)
         return written
 
     def _renewed_entry(
         self, event: TaskEvent, entry: ResultEntry, fresh: dict[str, TaskEvent]
     ) -> ResultEntry | None:
-        """``entry`` with a new link from one task query per run; None when there is none."""
+        """``entry`` with a new link from one task query per run; None when there is none.
+
+        A query refused for good (no API key, the task is gone) means no fresh link; a
+        transient query failure propagates (retry later).
+        """
         if self.query is None:
             return None
         with self._fresh_lock:  # files run in parallel; one query per run
             if "event" not in fresh:
-                fresh["event"] = with_output(event, self.query(event.task_id).get("output"))
+                fresh["event"] = self._query_quietly(event)
         for candidate in fresh["event"].entries or ():
             same = candidate.index == entry.index and candidate.succeeded
             if same and candidate.transcription_url != entry.transcription_url:
                 return candidate
         return None
+
+    def _query_quietly(self, event: TaskEvent) -> TaskEvent:
+        assert self.query is not None
+        try:
+            return with_output(event, self.query(event.task_id).get("output"))
+        except PermanentError as exc:
+            log.info("fresh_link_query_refused", reason=exc.reason)
+            return with_output(event, {})
 
     def _one_file(self, task_id: str, entry: ResultEntry) -> dict[str, Any]:
         key = mf.result_key(task_id, entry.index)
@@ -251,18 +282,3 @@ class Archiver:
         for destination in self.destinations:
             self.guard()
             destination.put_bytes(key, body)
-
-
-def _record_failure(
-    record: dict[str, Any],
-    exc: PipelineError,
-    final: bool,
-    errors: list[PipelineError],
-    transient: list[TransientError],
-) -> None:
-    if isinstance(exc, TransientError) and not final:
-        transient.append(exc)
-        return
-    record["error"] = mf.error_record(exc)
-    metrics.failure(exc.reason)
-    errors.append(exc)

@@ -9,6 +9,9 @@ AWS variables) and ``oss://bucket/prefix`` (oss2; ``OSS_ENDPOINT``, ``OSS_ACCESS
 
 Errors: library exceptions become :class:`TransientError` (``destination_unavailable``) for
 network errors, timeouts, 429 and 5xx, else :class:`PermanentError` (``destination_rejected``).
+Every :class:`OSError` of a local directory goes through :func:`local_error`: a full disk is
+transient (``disk_full``), so is an I/O error or a stale network mount; read-only, permission
+denied and not-a-directory are permanent.
 """
 
 from __future__ import annotations
@@ -75,7 +78,10 @@ class LocalDestination:
         self.url = root.as_uri()
 
     def exists(self, key: str) -> bool:
-        return (self.root / key).is_file()
+        try:
+            return (self.root / key).is_file()
+        except OSError as exc:
+            raise local_error(exc, "archive directory") from exc
 
     def put_file(self, key: str, path: Path, size: int) -> None:
         with self._atomic(key) as handle, path.open("rb") as source:
@@ -88,10 +94,15 @@ class LocalDestination:
 
     def get_bytes(self, key: str) -> bytes | None:
         target = self.root / key
-        return target.read_bytes() if target.is_file() else None
+        try:
+            return target.read_bytes() if target.is_file() else None
+        except OSError as exc:
+            raise local_error(exc, "archive directory") from exc
 
     @contextmanager
     def _atomic(self, key: str) -> Iterator[Any]:
+        if key.startswith("/") or ".." in key.split("/"):  # ids are checked; this is a backstop
+            raise PermanentError(f"key {key[:80]!r} leaves the root", reason=Reason.BAD_TASK_ID)
         target = self.root / key
         name = ""
         try:
@@ -109,17 +120,22 @@ class LocalDestination:
 
 SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 """No space left (or quota exceeded): transient, since freeing space cures it."""
+PASSING_ERRNOS = frozenset({errno.EIO, errno.ETIMEDOUT, errno.EAGAIN, errno.EBUSY, errno.ESTALE})
+"""I/O errors, timeouts and stale handles (network mounts): transient."""
 
 
 def local_error(exc: OSError, what: str) -> PipelineError:
     """The error for a local file system failure on ``what`` (a directory's role).
 
-    A full disk or quota is :class:`TransientError` (``disk_full``); anything else (read-only,
+    A full disk or quota is :class:`TransientError` (``disk_full``), an I/O error, timeout or
+    stale handle :class:`TransientError` (``destination_unavailable``); anything else (read-only,
     permission denied, not a directory) is :class:`PermanentError` (``destination_rejected``).
     """
     message = f"{what}: {exc.strerror or exc}"
     if exc.errno in SPACE_ERRNOS:
         return TransientError(message, reason=Reason.DISK_FULL)
+    if exc.errno in PASSING_ERRNOS:
+        return TransientError(message, reason=Reason.DESTINATION_UNAVAILABLE)
     return PermanentError(message, reason=Reason.DESTINATION_REJECTED)
 
 

@@ -6,14 +6,26 @@ same scheme and host (and only to matching URLs); connect/read timeouts; at most
 ``RESULT_MAX_BYTES``; sha256 and byte count computed while streaming; the body must be complete
 JSON, checked by a streaming parser (ijson) as the bytes arrive, so memory stays at one chunk.
 
+Deadlines: ``RESULT_TIMEOUT_SECONDS`` bounds connecting and each read; the whole download is
+bounded by ``max(RESULT_TIMEOUT_SECONDS, bytes / RESULT_MIN_BYTES_PER_SECOND)`` (``bytes`` the
+declared ``Content-Length``, else what arrived so far), checked as bytes arrive, so a host
+that dribbles a byte at a time ends within that deadline plus one read timeout.
+
+Valid JSON is any JSON: integers of any length (the check does not convert numbers, so
+Python's 4300-digit int-string limit does not apply to bodies in memory) and any depth (a
+document too deep for :func:`json.loads` is checked by ijson's iterative parser).
+
 Errors (:mod:`core.errors`), reasons in brackets:
 
-- :class:`ExpiredLinkError` (``expired_link``): 403 or 404, the signed link has expired.
-- :class:`TransientError`: 429 or 5xx (``result_http_429``, ``result_http_5xx``), timeouts
-  (``result_timeout``), network errors and truncated bodies (``result_network``).
-- :class:`PermanentError`: a URL or redirect outside the pattern (``url_not_allowed``), other
-  4xx (``result_http_4xx``), a body over the cap (``result_too_large``), a body that is not
-  JSON (``result_not_json``).
+- :class:`ExpiredLinkError` (``expired_link``): 403 or 404, or the link's ``Expires`` has
+  passed (nothing is requested then): the signed link has expired.
+- :class:`TransientError`: 429 or 5xx (``result_http_429``, ``result_http_5xx``), timeouts and
+  the total deadline (``result_timeout``), network errors and truncated bodies
+  (``result_network``), no space for the spool file (``disk_full``).
+- :class:`PermanentError`: a URL or redirect outside the pattern, or not a valid URL (control
+  characters; ``url_not_allowed``), other 4xx (``result_http_4xx``), a body over the cap
+  (``result_too_large``), a body that is not JSON (``result_not_json``), a spool directory
+  that cannot be written (``destination_rejected``).
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ import logging
 import os
 import re
 import tempfile
+import time
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,11 +47,13 @@ import httpx
 import ijson
 
 from core.errors import ExpiredLinkError, PermanentError, Reason, TransientError
+from core.events import link_expiry
 from core.logs import strip_query
 from core.settings import Settings
+from worker import metrics
+from worker.archiving.destinations import local_error
 from worker.archiving.scrub import StreamScrubber, scrub
 
-CHUNK_BYTES = 64 * 1024
 SMALL_JSON_BYTES = 1024 * 1024
 MAX_REDIRECTS = 3
 
@@ -116,10 +131,12 @@ class _Body:
         assert self._file is not None
         self._stored.update(data)
         self._stored_size += len(data)
-        self._file.write(data)
+        with _spool_errors():
+            self._file.write(data)
 
     def _spill(self) -> None:
-        handle, name = tempfile.mkstemp(prefix="result-", suffix=".json", dir=self.spool_dir)
+        with _spool_errors():
+            handle, name = tempfile.mkstemp(prefix="result-", suffix=".json", dir=self.spool_dir)
         self.path = Path(name)
         self._file = os.fdopen(handle, "wb")
         self._parser = ijson.basic_parse_coro(_discard())
@@ -132,15 +149,15 @@ class _Body:
         """Close the spool and check the JSON; the body, or :class:`PermanentError`."""
         served_sha256 = self.digest.hexdigest()
         if self._file is None:
-            with _json_errors():
-                json.loads(self.head, parse_constant=_no_constants)
+            _check_json(bytes(self.head))
             data = scrub(bytes(self.head))
             if len(data) == self.size:
                 return FetchedBody(self.size, served_sha256, data=data)
             sha256 = hashlib.sha256(data).hexdigest()
             return FetchedBody(len(data), sha256, data, None, True, self.size, served_sha256)
         self._write(self._scrubber.flush())
-        self._file.close()
+        with _spool_errors():
+            self._file.close()
         with _json_errors():
             self._parser.close()
         if not self._scrubber.changed:
@@ -160,6 +177,30 @@ def _no_constants(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
+def _check_json(data: bytes) -> None:
+    """Raise :class:`PermanentError` (``result_not_json``) unless ``data`` is one JSON document.
+
+    Numbers are not converted (``parse_int=len``), so long integers are fine; a document too
+    deep for the recursive :func:`json.loads` is checked again by ijson, which does not recurse.
+    """
+    with _json_errors():
+        try:
+            json.loads(data, parse_constant=_no_constants, parse_int=len)
+        except RecursionError:
+            parser = ijson.basic_parse_coro(_discard())
+            parser.send(data)
+            parser.close()
+
+
+@contextmanager
+def _spool_errors() -> Iterator[None]:
+    """Translate a spool file's :class:`OSError` (:func:`local_error`: a full disk is transient)."""
+    try:
+        yield
+    except OSError as exc:
+        raise local_error(exc, "spool directory") from exc
+
+
 @contextmanager
 def _json_errors() -> Iterator[None]:
     try:
@@ -177,6 +218,28 @@ def _http_errors(url: str) -> Iterator[None]:
         raise TransientError(f"timeout fetching {url}", reason=Reason.RESULT_TIMEOUT) from exc
     except httpx.TransportError as exc:
         raise TransientError(f"network error fetching {url}", reason=Reason.RESULT_NETWORK) from exc
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+        raise PermanentError(f"not a valid URL: {url}", reason=Reason.URL_NOT_ALLOWED) from exc
+
+
+class _Deadline:
+    """The total deadline of one download (module docstring): ``timeout_s`` at least, else
+    ``bytes / min_rate`` seconds; :meth:`check` raises :class:`TransientError` once passed."""
+
+    def __init__(self, timeout_s: float, min_rate: int) -> None:
+        self.timeout_s = timeout_s
+        self.min_rate = min_rate
+        self.started = time.monotonic()
+        self.declared = 0
+
+    def check(self, received: int, url: str) -> None:
+        elapsed = time.monotonic() - self.started
+        allowed = max(self.timeout_s, max(self.declared, received) / self.min_rate)
+        if elapsed > allowed:
+            raise TransientError(
+                f"{received} bytes in {elapsed:.0f} s from {url}: under {self.min_rate} B/s",
+                reason=Reason.RESULT_TIMEOUT,
+            )
 
 
 def _check_status(response: httpx.Response, url: str) -> None:
@@ -205,10 +268,13 @@ class ResultFetcher:
         max_bytes: int,
         timeout_s: float = 60.0,
         spool_dir: str | None = None,
+        min_bytes_per_second: int = 262_144,
     ) -> None:
         self.url_pattern = url_pattern
         self.max_bytes = max_bytes
         self.spool_dir = spool_dir
+        self.timeout_s = timeout_s
+        self.min_bytes_per_second = min_bytes_per_second
         # httpx logs every request line, query string included, at INFO: a signed URL in a
         # log is a leaked credential, so its logger only speaks from WARNING up.
         logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -223,6 +289,7 @@ class ResultFetcher:
             max_bytes=settings.result_max_bytes,
             timeout_s=settings.result_timeout_seconds,
             spool_dir=settings.archive_spool_dir,
+            min_bytes_per_second=settings.result_min_bytes_per_second,
         )
 
     def close(self) -> None:
@@ -237,30 +304,51 @@ class ResultFetcher:
         """
         body = _Body(self.max_bytes, self.spool_dir)
         try:
-            self._stream(url, body)
+            self._stream(self._unexpired(url), body)
             yield body.finish()
         finally:
             body.discard()
 
+    def _unexpired(self, url: str) -> str:
+        """``url`` if allowed and its ``Expires`` (if any) is ahead; records the time left."""
+        url = self._allowed(url)
+        expires = link_expiry(url)
+        if expires is not None:
+            left = expires - time.time()
+            metrics.link_lifetime_left(left)
+            if left <= 0:
+                raise ExpiredLinkError(f"{strip_query(url)} expired {-left:.0f} s ago")
+        return url
+
     def _stream(self, url: str, body: _Body) -> None:
-        target = self._allowed(url)
+        target = url
+        deadline = _Deadline(self.timeout_s, self.min_bytes_per_second)
         for _ in range(MAX_REDIRECTS + 1):
             with _http_errors(strip_query(target)), self._client.stream("GET", target) as answer:
                 if answer.is_redirect:
                     target = self._redirect(target, answer)
                     continue
                 _check_status(answer, strip_query(target))
-                declared = answer.headers.get("content-length", "")
-                if declared.isdigit() and int(declared) > self.max_bytes:
-                    raise PermanentError(
-                        f"result of {declared} bytes", reason=Reason.RESULT_TOO_LARGE
-                    )
-                for chunk in answer.iter_bytes(CHUNK_BYTES):
+                self._declared(answer, deadline)
+                for chunk in answer.iter_bytes():  # as they arrive: the deadline is checked
                     body.feed(chunk)
+                    deadline.check(body.size, strip_query(target))
                 return
         raise PermanentError("too many redirects", reason=Reason.URL_NOT_ALLOWED)
 
+    def _declared(self, answer: httpx.Response, deadline: _Deadline) -> None:
+        declared = answer.headers.get("content-length", "")
+        if not declared.isdigit():
+            return
+        if int(declared) > self.max_bytes:
+            raise PermanentError(f"result of {declared} bytes", reason=Reason.RESULT_TOO_LARGE)
+        deadline.declared = int(declared)
+
     def _allowed(self, url: str) -> str:
+        if any(ord(char) < 0x20 or ord(char) == 0x7F for char in url):
+            raise PermanentError(
+                "result URL holds control characters", reason=Reason.URL_NOT_ALLOWED
+            )
         if not self.url_pattern.fullmatch(url):
             raise PermanentError(
                 f"result URL {strip_query(url)} outside RESULT_URL_REGEX",

@@ -3,23 +3,31 @@
 Keys (``asr:archive:`` prefix):
 
 ``asr:archive:lease:<task_id>`` (string)
-    a random token, ``SET NX PX``; renewed every third of its lifetime by a heartbeat thread
-    while the holder lives, released by compare-and-delete. A holder killed with SIGKILL
-    stops renewing; the lease expires after ``ARCHIVE_LEASE_SECONDS`` and the redelivered
-    message (or the sweep) takes over and resumes.
+    the holder ``<hostname>|<pid>|<process start>|<random token>`` (:class:`Holder`),
+    ``SET NX PX``; renewed every third of its lifetime by a heartbeat thread while the holder
+    lives, released by compare-and-delete. A holder killed with SIGKILL stops renewing. A
+    redelivery on the same host finds its process gone (:func:`holder_dead`) and takes the
+    lease over at once (compare-and-set); elsewhere the lease expires after
+    ``ARCHIVE_LEASE_SECONDS`` (the heartbeat stopped) and the next try takes it.
 ``asr:archive:inflight`` (sorted set, member task_id, score last heartbeat in epoch seconds)
     tasks whose archiving started and has not finished; the sweep re-enqueues members whose
-    heartbeat is older than ``ARCHIVE_STUCK_AFTER_SECONDS`` and whose lease is gone.
+    heartbeat is older than ``ARCHIVE_STUCK_AFTER_SECONDS`` and whose lease is gone. A task
+    waiting for a retry carries the retry's time as its score (:func:`touch_inflight`).
 ``asr:archive:deliveries:<task_id>`` (integer)
-    how many times a worker took the lease for this task: the poison-loop guard.
+    runs of this task that started and did not finish (the process died): the poison-loop
+    guard. Every run that ends, whatever its outcome, resets it.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from types import TracebackType
+from typing import cast
 
 import redis
 
@@ -40,6 +48,72 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+# KEYS[1] lease; ARGV dead holder, new holder, ttl ms. 1 when the dead holder was replaced.
+_TAKE_OVER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', tonumber(ARGV[3]))
+  return 1
+end
+return 0
+"""
+
+
+def process_start(pid: int) -> str:
+    """When process ``pid`` started (clock ticks since boot, from ``/proc``); "" when unknown.
+
+    With the pid it names one process across pid reuse (a restarted container's worker often
+    gets the pid of the one that died).
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return ""
+    return fields[19].decode() if len(fields) > 19 else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """Who holds a lease: ``host`` (hostname), ``pid``, ``start`` (:func:`process_start`)."""
+
+    host: str
+    pid: int
+    start: str
+    token: str
+
+    @classmethod
+    def me(cls) -> Holder:
+        """This process, with a fresh token."""
+        pid = os.getpid()
+        return cls(socket.gethostname(), pid, process_start(pid), uuid.uuid4().hex)
+
+    @classmethod
+    def parse(cls, value: str) -> Holder | None:
+        """The holder written as :meth:`encode`; None for another shape (an older token)."""
+        parts = value.split("|")
+        if len(parts) != 4 or not parts[1].isdigit():
+            return None
+        return cls(parts[0], int(parts[1]), parts[2], parts[3])
+
+    def encode(self) -> str:
+        """``host|pid|start|token``."""
+        return f"{self.host}|{self.pid}|{self.start}|{self.token}"
+
+
+def holder_dead(holder: Holder) -> bool:
+    """True when ``holder`` ran on this host and its process is gone (or is another one now).
+
+    A holder on another host is never declared dead here: its lease expires by itself.
+    """
+    if holder.host != socket.gethostname():
+        return False
+    try:
+        os.kill(holder.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        pass
+    return bool(holder.start) and process_start(holder.pid) != holder.start
 
 
 class Lease:
@@ -54,17 +128,32 @@ class Lease:
         self.key = LEASE_KEY.format(task_id=task_id)
         self._redis = client
         self._ttl_ms = max(1, int(ttl_s * 1000))
-        self._token = uuid.uuid4().hex
+        self._token = Holder.me().encode()
         self._stop = threading.Event()
         self._lost = False
         self._thread: threading.Thread | None = None
 
     def acquire(self) -> bool:
-        """Take the lease if nobody holds it; True when taken."""
-        if not self._redis.set(self.key, self._token, nx=True, px=self._ttl_ms):
+        """Take the lease if nobody holds it, or its holder died on this host; True when taken."""
+        taken = self._redis.set(self.key, self._token, nx=True, px=self._ttl_ms)
+        if not taken and not self._take_over():
             return False
         self._redis.zadd(INFLIGHT_KEY, {self.task_id: time.time()})
         return True
+
+    def _take_over(self) -> bool:
+        raw = cast("bytes | None", self._redis.get(self.key))
+        holder = Holder.parse(raw.decode()) if raw else None
+        if holder is None or not holder_dead(holder):
+            return False
+        assert raw is not None
+        taken = self._redis.eval(_TAKE_OVER, 1, self.key, raw, self._token, self._ttl_ms)
+        return bool(taken)
+
+    def remaining_seconds(self) -> float:
+        """Seconds until the current holder's lease lapses unless renewed (0 when free)."""
+        left: int = self._redis.pttl(self.key)
+        return max(0.0, left / 1000)
 
     def renew(self) -> bool:
         """Extend the lease; False (and :meth:`check` fails from then on) when it was lost."""
@@ -130,5 +219,6 @@ def stuck_tasks(client: redis.Redis, older_than_s: float, *, now: float | None =
 
 
 def touch_inflight(client: redis.Redis, task_id: str, *, now: float | None = None) -> None:
-    """Reset the heartbeat of ``task_id`` (after re-enqueueing it, so it waits its turn)."""
+    """Set the heartbeat of ``task_id`` to ``now`` (after re-enqueueing it, so it waits its
+    turn; or to the time of its scheduled retry, so the sweep leaves it alone until then)."""
     client.zadd(INFLIGHT_KEY, {task_id: time.time() if now is None else now})

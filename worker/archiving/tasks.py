@@ -2,9 +2,11 @@
 
 ``asr_ingest.archive(task_id, replay=False)`` on queue ``archive``: build (once per process) or
 reuse the service, run one attempt, and turn :class:`~worker.archiving.service.RetryLater` into
-a Celery retry with full-jitter backoff. The task's own ``max_retries`` is None: the attempts
-limit is the service's (``ARCHIVE_MAX_ATTEMPTS``), never Celery's class default of 3.
-``replay`` archives again even when a manifest exists.
+a Celery retry after its countdown. The task's own ``max_retries`` is None: the limit is the
+service's retry horizon, never Celery's class default of 3. A Redis error that escapes the
+service (a dead letter or a receipt state could not be written) is retried with backoff too:
+no message is acknowledged before its task reached an outcome. ``replay`` archives again even
+when a manifest exists.
 
 ``asr_ingest.archive_sweep()`` (beat): :meth:`ArchiveService.sweep`.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import redis
 import structlog
 from celery import Task, shared_task
 
@@ -60,8 +63,11 @@ def _archive(task: Task, task_id: str, replay: bool) -> str:
     try:
         outcome = archiving.archive(task_id, attempt=retries + 1, replay=replay)
     except RetryLater as again:
-        countdown = archiving.backoff_seconds(retries)
-        raise task.retry(exc=again.error, countdown=countdown) from again.error
+        log.info("archive_retry", reason=again.error.reason, countdown=round(again.countdown, 2))
+        raise task.retry(exc=again.error, countdown=again.countdown) from again.error
+    except redis.RedisError as exc:
+        log.warning("archive_redis_error", error=repr(exc))
+        raise task.retry(exc=exc, countdown=archiving.backoff_seconds(retries)) from exc
     if outcome in ANNOUNCED and task.app.settings.notify_url:
         task.app.send_task(NOTIFY_TASK, args=[task_id], queue=ARCHIVE_QUEUE)
     return outcome

@@ -65,8 +65,8 @@ def manifest_of(dest: Destination, task_id: str) -> dict[str, Any]:
     return json.loads(raw)
 
 
-def run(archiver: Archiver, client: redis.Redis, receipt: Any, final: bool = False) -> Any:
-    """One archive run of ``receipt`` with its Redis progress."""
+def run(archiver: Archiver, client: redis.Redis, receipt: Any, final: Any = lambda: False) -> Any:
+    """One archive run of ``receipt`` with its Redis progress; ``final()``: no retry left."""
     return archiver.run(receipt, Progress(client, receipt.task_id, 600), final=final)
 
 
@@ -199,7 +199,7 @@ def test_final_attempt_records_partial_failure(
     receipt = store_event(
         redis_client, "t-7", te.event("t-7", "fun-asr", te.batch_output("t-7", results))
     )
-    outcome = run(Archiver([local], fetcher), redis_client, receipt, final=True)
+    outcome = run(Archiver([local], fetcher), redis_client, receipt, final=lambda: True)
     manifest = manifest_of(local, "t-7")
     assert [e.reason for e in outcome.errors] == ["result_http_5xx", "result_too_large"]
     assert manifest["archive_status"] == "partial"
@@ -230,7 +230,7 @@ def test_expired_link_twice_is_permanent(
     redis_client: redis.Redis, result_server: ResultServer, fetcher: ResultFetcher,
     local: Destination, dashscope: DashScopeClient,
 ) -> None:  # fmt: skip
-    """When the fresh link is expired too, the file fails as expired_link (no more queries)."""
+    """When the fresh link is expired too, the file fails as result_expired (no more queries)."""
     old = result_server.add("/r/old.json", b"{}", faults=[Fault(status=404)])
     new = result_server.add("/r/new.json", b"{}", faults=[Fault(status=403)])
     answer = {"request_id": "q", "output": te.batch_output("t-9", [te.ok(new)])}
@@ -239,7 +239,7 @@ def test_expired_link_twice_is_permanent(
         redis_client, "t-9", te.event("t-9", "fun-asr", te.batch_output("t-9", [te.ok(old)]))
     )
     outcome = run(Archiver([local], fetcher, query=dashscope.query), redis_client, receipt)
-    assert [e.reason for e in outcome.errors] == ["expired_link"]
+    assert [e.reason for e in outcome.errors] == ["result_expired"]
     assert result_server.hits("/api/v1/tasks/t-9") == 1
 
 
@@ -286,3 +286,28 @@ def test_progress_is_scoped_to_destinations(
     both = Progress(redis_client, "t-12", 600, [local.url, extra.url])
     assert Archiver([local, extra], fetcher).run(receipt, both).complete
     assert extra.get_bytes("t-12/results/0000.json") == BODY_A and extra.exists("t-12/event.json")
+
+
+def test_a_bug_in_one_file_fails_that_file_only(
+    redis_client: redis.Redis, result_server: ResultServer, fetcher: ResultFetcher,
+    local: Destination, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """An unexpected exception while archiving one file is that file's ``internal_error``;
+    the other files are archived and the manifest records them all."""
+    url_a = result_server.add("/r/a.json", BODY_A)
+    url_b = result_server.add("/r/b.json", BODY_B)
+    body = te.event("t-bug", "fun-asr", te.batch_output("t-bug", [te.ok(url_a), te.ok(url_b)]))
+    receipt = store_event(redis_client, "t-bug", body)
+    original = local.put_bytes
+
+    def put_bytes(key: str, data: bytes) -> None:
+        if key.endswith("0001.json"):
+            raise RecursionError("a bug")
+        original(key, data)
+
+    monkeypatch.setattr(local, "put_bytes", put_bytes)
+    outcome = run(Archiver([local], fetcher), redis_client, receipt)
+    a, b = manifest_of(local, "t-bug")["files"]
+    assert a["key"] == "t-bug/results/0000.json" and a["error"] is None
+    assert b["key"] is None and b["error"]["reason"] == "internal_error"
+    assert [e.reason for e in outcome.errors] == ["internal_error"]

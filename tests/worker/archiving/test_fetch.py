@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 import re
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
-from core.errors import ExpiredLinkError, PermanentError, TransientError
+from core.errors import ExpiredLinkError, PermanentError, PipelineError, TransientError
 from tests.support import task_events as te
 from tests.support.result_server import Fault, ResultServer
 from worker.archiving.fetch import ResultFetcher
@@ -149,3 +153,71 @@ def test_small_body_stays_in_memory(result_server: ResultServer, tmp_path: Path)
     with fetcher(result_server, tmp_path).download(url) as got:
         assert (got.data, got.path) == (body, None)
         assert list(tmp_path.iterdir()) == []
+
+
+def test_big_integers_are_json(result_server: ResultServer, tmp_path: Path) -> None:
+    """A 5000-digit integer is valid JSON (past Python's int-string limit): archived."""
+    body = b'{"n": ' + b"7" * 5000 + b"}"
+    with fetcher(result_server, tmp_path).download(result_server.add("/r/big.json", body)) as got:
+        assert got.read() == body
+
+
+def test_deep_nesting_is_json(result_server: ResultServer, tmp_path: Path) -> None:
+    """A document too deep for json.loads is checked by ijson instead: archived as served."""
+    body = b"[" * 100_000 + b"]" * 100_000
+    with fetcher(result_server, tmp_path).download(result_server.add("/r/deep.json", body)) as got:
+        assert got.read() == body
+    broken = b"[" * 100_000 + b"]" * 99_999
+    url = result_server.add("/r/deep-broken.json", broken)
+    with pytest.raises(PermanentError) as info, fetcher(result_server, tmp_path).download(url):
+        pass
+    assert info.value.reason == "result_not_json"
+
+
+@pytest.mark.parametrize("char", ["\x01", "\x7f", "\n"])
+def test_control_character_in_a_link_is_not_allowed(
+    result_server: ResultServer, tmp_path: Path, char: str
+) -> None:
+    """A link holding a control character is ``url_not_allowed`` and never requested."""
+    url = result_server.add("/r/c.json", b"{}").replace("/r/c.json", f"/r/c{char}.json")
+    with pytest.raises(PermanentError) as info, fetcher(result_server, tmp_path).download(url):
+        pass
+    assert info.value.reason == "url_not_allowed"
+
+
+def test_total_deadline_ends_a_dribbling_download(
+    result_server: ResultServer, tmp_path: Path
+) -> None:
+    """Every read arrives within the read timeout, but the whole download is slower than the
+    minimum rate: it ends after about the timeout with ``result_timeout`` (transient)."""
+    url = result_server.add("/r/drip.json", te.result_file(words=3000), chunk_delay_s=0.4)
+    slow = fetcher(result_server, tmp_path, timeout_s=1.0, min_bytes_per_second=1_000_000)
+    started = time.monotonic()
+    with pytest.raises(TransientError) as info, slow.download(url):
+        pass
+    assert info.value.reason == "result_timeout"
+    assert time.monotonic() - started < 2.0  # 1 s deadline plus one 0.4 s chunk
+
+
+def test_expired_link_is_not_requested(result_server: ResultServer, tmp_path: Path) -> None:
+    """A link whose ``Expires`` passed raises ExpiredLinkError without a request."""
+    url = result_server.add("/r/old.json", b"{}", expires_in_s=-1)
+    with pytest.raises(ExpiredLinkError), fetcher(result_server, tmp_path).download(url):
+        pass
+    assert result_server.hits("/r/old.json") == 0
+
+
+def test_spool_without_space_is_disk_full(
+    result_server: ResultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC on the spool file is transient ``disk_full``; a read-only spool is permanent."""
+    url = result_server.add("/r/big.json", te.result_file(words=40_000))
+    for code, reason in ((errno.ENOSPC, "disk_full"), (errno.EROFS, "destination_rejected")):
+
+        def refuse(*args: object, code: int = code, **kwargs: object) -> None:
+            raise OSError(code, os.strerror(code))
+
+        monkeypatch.setattr(tempfile, "mkstemp", refuse)
+        with pytest.raises(PipelineError) as info, fetcher(result_server, tmp_path).download(url):
+            pass
+        assert info.value.reason == reason

@@ -166,7 +166,8 @@ def test_same_task_twenty_times_writes_each_object_once(
     redis_client: redis.Redis, result_server: ResultServer, tmp_path: Path,
     moto_proxy: MotoProxy, s3_bucket: str,
 ) -> None:  # fmt: skip
-    """20 concurrent enqueues of one task, 4 worker threads: every object is PUT once."""
+    """20 concurrent enqueues of one task, 4 worker threads: every object is PUT once; each
+    message that found the lease held came back and ended ``already_archived``."""
     urls = [result_server.add(f"/r/{i}.json", BODY, chunk_delay_s=0.05) for i in range(3)]
     body = te.event("t-20", "fun-asr", te.batch_output("t-20", [te.ok(u) for u in urls]))
     ReceiptStore(redis_client, 600).claim("t-20", body)
@@ -201,8 +202,9 @@ def test_same_task_twenty_times_writes_each_object_once(
     assert [result_server.hits(f"/r/{i}.json") for i in range(3)] == [1, 1, 1]
     assert state(redis_client, "t-20") == "archived"
     outcomes = re.findall(r'"outcome": "(\w+)", "ms": \d+, "event": "archive_task"', worker.log())
-    assert len(outcomes) == 20 and outcomes.count("archived") == 1
-    assert set(outcomes) <= {"archived", "busy", "already_archived"}
+    finished = [o for o in outcomes if o != "retry"]  # a held lease retries, never drops
+    assert len(finished) == 20 and finished.count("archived") == 1
+    assert set(outcomes) <= {"archived", "retry", "already_archived"}
 
 
 def test_sweep_reenqueues_lost_receipts_and_stuck_tasks(
