@@ -136,6 +136,10 @@ class Settings(BaseSettings):
     archive_retry_max_seconds: float = Field(300.0, gt=0)
     # The sweep re-enqueues a task whose archiving started this long ago (s) without a live lease.
     archive_stuck_after_seconds: int = Field(900, ge=1)
+    # The sweep re-enqueues a receipt neither archived nor dead after this long (s) without a
+    # live lease: its message was lost by the broker (e.g. a Redis failover). Well above a
+    # normal queue wait, well below the 24 h life of result links.
+    archive_reenqueue_after_seconds: int = Field(1800, ge=1)
     # Bodies from this size (bytes) go to S3/OSS as multipart uploads of this part size.
     archive_multipart_bytes: int = Field(16 * 1024 * 1024, ge=5 * 1024 * 1024)
     # Result files of one task downloaded and written at once.

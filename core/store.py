@@ -216,6 +216,19 @@ class ReceiptStore:
             state=text.get("state", "received"),
         )
 
+    def stale_open(
+        self, older_than_seconds: float, *, now: float | None = None, limit: int = 500
+    ) -> list[str]:
+        """Up to ``limit`` task ids neither archived nor dead whose receipt (or last
+        :meth:`touch_open`) is older than ``older_than_seconds``, oldest first."""
+        cutoff = (time.time() if now is None else now) - older_than_seconds
+        members = self._redis.zrangebyscore(OPEN_KEY, "-inf", cutoff, start=0, num=limit)
+        return [m.decode() for m in cast("list[bytes]", members)]
+
+    def touch_open(self, task_id: str, *, now: float | None = None) -> None:
+        """Restart the wait of an open receipt (after the sweep re-enqueued it)."""
+        self._redis.zadd(OPEN_KEY, {task_id: time.time() if now is None else now}, xx=True)
+
     def stale_pending(self, older_than_seconds: float, *, now: float | None = None) -> list[str]:
         """Task ids claimed more than ``older_than_seconds`` ago and never marked enqueued."""
         cutoff = (time.time() if now is None else now) - older_than_seconds

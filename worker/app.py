@@ -38,6 +38,7 @@ from celery.signals import task_prerun, task_received, worker_ready, worker_shut
 from core.broker import broker_config
 from core.logs import configure_logging
 from core.queues import ARCHIVE_TASK
+from core.redis_client import connect
 from core.settings import Settings, load_settings
 from worker import metrics
 from worker.recovery import Incarnation, broker_restorer
@@ -82,7 +83,7 @@ class AsrCelery(Celery):  # type: ignore[misc]  # Celery is untyped
     @cached_property
     def redis(self) -> redis.Redis:
         """Client for ``REDIS_URL`` (receipts, locks, rate-limit buckets, dead letters)."""
-        return redis.Redis.from_url(self.settings.redis_url, health_check_interval=30)
+        return connect(self.settings.redis_url, health_check_interval=30)
 
     @cached_property
     def _per_process(self) -> tuple[threading.Lock, dict[str, Any]]:

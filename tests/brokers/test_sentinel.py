@@ -18,12 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from asr_ingest.health_cmd import check
 from asr_ingest.stack import Stack
 from asr_ingest.starters import worker_spec
-from core.redis_client import connect
 from core.settings import load_settings
 from tests.brokers.conftest import Deliveries, StartWebhook, deliver_until_ok, manifests, task_body
 from tests.fixtures.sentinel import SentinelGroup
@@ -67,13 +65,16 @@ def test_primary_killed_webhook_answers_503_then_everything_acknowledged_is_arch
         "RECEIPT_SWEEP_AFTER_SECONDS": "5",
         "ARCHIVE_STUCK_AFTER_SECONDS": "10",
         "ARCHIVE_LEASE_SECONDS": "3",
+        # A message lost in the failover (kombu takes it with BRPOP and records it as
+        # unacknowledged in a second command) is re-enqueued from its open receipt; the default
+        # 1800 s is shown by tests/worker/archiving/test_service.py.
+        "ARCHIVE_REENQUEUE_AFTER_SECONDS": "8",
     }
-    web = start_webhook(env, app="tests.brokers.sentinel_wsgi:app")
+    web = start_webhook(env)
     settings = load_settings(redis_url=sentinel_group.url)
     node = f"worker@{socket.gethostname()}"
     spec = worker_spec(env, concurrency=2, beat_schedule=tmp_path / "beat-schedule")
-    argv = ["tests.brokers.sentinel_celery" if a == "worker.celery_app" else a for a in spec.argv]
-    stack.start(replace(spec, argv=argv, probe=lambda: check(settings, node, 2.0).ok))
+    stack.start(replace(spec, probe=lambda: check(settings, node, 2.0).ok))
 
     bodies = {f"snt-{n:03d}": task_body(result_server, f"snt-{n:03d}") for n in range(TASKS)}
     seen = Deliveries()
@@ -109,38 +110,7 @@ def test_primary_killed_webhook_answers_503_then_everything_acknowledged_is_arch
         "answers_total": dict(seen.statuses),
     }
     print(f"sentinel failover: {figures}")
-    client = connect(sentinel_group.url, socket_timeout=2.0)
-    try:
-        wait_until(lambda: set(manifests(archive)) == set(bodies), timeout_s=60, what="archived")
-    except AssertionError:
-        lost = lost_messages(client, set(bodies) - set(manifests(archive)))
-        if lost:
-            pytest.xfail(f"{LOST_MESSAGE_GAP} Lost this run (receipt states): {lost}")
-        raise
+    wait_until(lambda: set(manifests(archive)) == set(bodies), timeout_s=90, what="archived")
     print(
         f"sentinel failover: all archived {time.monotonic() - times['killed']:.1f} s after the kill"
     )
-
-
-LOST_MESSAGE_GAP = (
-    "Known gap, outside the broker layer: a message can vanish in a failover while its "
-    "receipt stays behind: kombu's Redis transport takes a message with BRPOP and records it "
-    "as unacknowledged in a second command (a primary dying in between loses it). The archive "
-    "sweep re-enqueues only 'received' receipts and expired leases, never an 'enqueued' "
-    "receipt whose message is gone (worker/archiving/service.py sweep, core/store.py)."
-)
-
-
-def lost_messages(client: redis.Redis, missing: set[str]) -> dict[str, str]:
-    """Missing task → receipt state, when every missing task has an ``enqueued`` receipt yet no
-    message anywhere (not on ``archive``, not among kombu's unacknowledged messages): lost as
-    LOST_MESSAGE_GAP says. Empty when any task is missing otherwise (the sweeps recover
-    ``received`` receipts and dead leases, so those are failures)."""
-    queued = client.lrange("archive", 0, -1) + list(client.hvals("unacked"))
-    states = {t: client.hget(f"asr:receipt:{t}", "state") for t in missing}
-    lost = {
-        t: state.decode()
-        for t, state in states.items()
-        if state == b"enqueued" and not any(t.encode() in m for m in queued)
-    }
-    return lost if missing and set(lost) == missing else {}

@@ -133,6 +133,11 @@ class Lease:
         self._lost = False
         self._thread: threading.Thread | None = None
 
+    @staticmethod
+    def held(client: redis.Redis, task_id: str) -> bool:
+        """True while some worker holds the lease of ``task_id``."""
+        return bool(client.exists(LEASE_KEY.format(task_id=task_id)))
+
     def acquire(self) -> bool:
         """Take the lease if nobody holds it, or its holder died on this host; True when taken."""
         taken = self._redis.set(self.key, self._token, nx=True, px=self._ttl_ms)

@@ -283,7 +283,12 @@ class ArchiveService:
         return "dead"
 
     def sweep(self, publish: PublishFn, *, now: float | None = None) -> dict[str, int]:
-        """Re-enqueue stale ``received`` receipts and stuck tasks; ``{"receipts", "stuck"}``."""
+        """Re-enqueue what has no message: stale ``received`` receipts, stuck tasks, and open
+        receipts waiting longer than ``ARCHIVE_REENQUEUE_AFTER_SECONDS`` without a live lease
+        (a message lost by the broker, e.g. taken off a Redis primary that died before the
+        worker recorded it). ``{"receipts", "stuck", "open"}``: how many were re-enqueued.
+        Extra messages are harmless: the archive task is idempotent and leased.
+        """
         settings, store = self.settings, self.store
         stale = store.stale_pending(settings.receipt_sweep_after_seconds, now=now)
         for task_id in stale:
@@ -293,9 +298,19 @@ class ArchiveService:
         for task_id in stuck:
             publish(task_id)
             touch_inflight(self.client, task_id, now=now)
-        if stale or stuck:
-            log.info("archive_sweep", receipts=len(stale), stuck=len(stuck))
-        return {"receipts": len(stale), "stuck": len(stuck)}
+        waiting = [t for t in self._waiting_without_lease(now) if t not in {*stale, *stuck}]
+        for task_id in waiting:
+            publish(task_id)
+        for task_id in {*stale, *stuck, *waiting}:
+            store.touch_open(task_id, now=now)  # each waits its turn again
+        if stale or stuck or waiting:
+            log.info("archive_sweep", receipts=len(stale), stuck=len(stuck), open=len(waiting))
+        return {"receipts": len(stale), "stuck": len(stuck), "open": len(waiting)}
+
+    def _waiting_without_lease(self, now: float | None) -> list[str]:
+        after = self.settings.archive_reenqueue_after_seconds
+        candidates = self.store.stale_open(after, now=now)
+        return [task_id for task_id in candidates if not Lease.held(self.client, task_id)]
 
 
 def _transient(exc: BaseException) -> TransientError:

@@ -212,6 +212,29 @@ def test_sweep_publishes_stale_receipts(service: ArchiveService, redis_client: r
     ReceiptStore(redis_client, 600).claim("t6", b"{}", event_id="e", now=1000.0)
     published: list[str] = []
     later = 1000.0 + service.settings.receipt_sweep_after_seconds + 1
-    assert service.sweep(published.append, now=later) == {"receipts": 1, "stuck": 0}
+    assert service.sweep(published.append, now=later) == {"receipts": 1, "stuck": 0, "open": 0}
     assert published == ["t6"] and state(redis_client, "t6") == "enqueued"
-    assert service.sweep(published.append, now=later) == {"receipts": 0, "stuck": 0}
+    assert service.sweep(published.append, now=later) == {"receipts": 0, "stuck": 0, "open": 0}
+
+
+def test_sweep_reenqueues_an_open_receipt_whose_message_was_lost(
+    service: ArchiveService, redis_client: redis.Redis
+) -> None:
+    """At the default 1800 s, an enqueued receipt with no lease is published once more; one
+    with a live lease is left alone; a published one waits its turn again."""
+    store = ReceiptStore(redis_client, 600)
+    store.claim("lost", b"{}", event_id="e", now=1000.0)
+    store.claim("leased", b"{}", event_id="e", now=1000.0)
+    store.mark_enqueued("lost")
+    store.mark_enqueued("leased")
+    assert Lease(redis_client, "leased", 60).acquire()
+    assert service.settings.archive_reenqueue_after_seconds == 1800
+    published: list[str] = []
+    early = 1000.0 + 1799
+    assert service.sweep(published.append, now=early)["open"] == 0
+    later = 1000.0 + 1801
+    assert service.sweep(published.append, now=later) == {"receipts": 0, "stuck": 0, "open": 1}
+    assert published == ["lost"]
+    assert service.sweep(published.append, now=later + 1)["open"] == 0
+    store.set_state("lost", "archived")
+    assert service.sweep(published.append, now=later + 3600)["open"] == 0

@@ -224,7 +224,7 @@ def test_sweep_reenqueues_lost_receipts_and_stuck_tasks(
     producer.settings = load_settings(
         redis_url=producer.settings.redis_url, archive_stuck_after_seconds=60
     )
-    assert sweep_once(producer) == {"receipts": 1, "stuck": 1}
+    assert sweep_once(producer) == {"receipts": 1, "stuck": 1, "open": 0}
     assert redis_client.llen("archive") == 2 and store.stale_pending(0) == []
     celery_worker_factory(archive_env)
     done = ("t-lost", "t-stuck")
