@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from functools import cached_property
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -131,9 +131,21 @@ class Settings(BaseSettings):
 
     # DashScope.
     dashscope_api_key: SecretStr | None = None
-    dashscope_base_url: str = "https://dashscope.aliyuncs.com/api/v1"
+    # DASHSCOPE_HTTP_BASE_URL is the official SDK's name; DASHSCOPE_BASE_URL wins when both are set.
+    dashscope_base_url: str = Field(
+        "https://dashscope.aliyuncs.com/api/v1",
+        validation_alias=AliasChoices("dashscope_base_url", "dashscope_http_base_url"),
+    )
     dashscope_workspace: str | None = None
     dashscope_query_qps: float = Field(10, gt=0, le=20)
+    # Submission trust (worker.submission): how far back reconciliation lists the account's
+    # tasks (s; DashScope keeps finished tasks about 24 h, and one list window is at most 24 h);
+    # how long after an unanswered submit its task may still appear in the list (s) before the
+    # batch is submitted again; how often a paused account is probed (s); one request's timeout.
+    reconcile_lookback_seconds: int = Field(86_400, ge=60, le=86_400)
+    submit_uncertain_settle_seconds: float = Field(120.0, gt=0)
+    dashscope_breaker_probe_seconds: float = Field(60.0, gt=0)
+    dashscope_timeout_seconds: float = Field(30.0, gt=0)
 
     log_format: Literal["json", "console"] = Field(
         default_factory=lambda: "console" if sys.stdout.isatty() else "json"
