@@ -132,7 +132,7 @@ class Submitter:
             return done
         if info is None:
             return None
-        self._admit()
+        probe = self._admit()
         intent = self.intents.load(run_id, n) or self._plan(run_id, n, info)
         if intent is None:
             return None
@@ -147,13 +147,14 @@ class Submitter:
                 if found is not None:
                     return self._record(run_id, n, stored, found)
                 intent = stored
-            return self._attempt(run_id, n, intent)
+            return self._attempt(run_id, n, intent, probe=probe)
 
-    def _admit(self) -> None:
-        """Go on unless the account breaker is open (and this is not the probe)."""
-        wait = self.breaker.admit()
-        if wait > 0:
-            raise BatchDeferred(wait + random.uniform(0, 1), Reason.ACCOUNT_BLOCKED)
+    def _admit(self) -> bool:
+        """Go on unless the account breaker is open; True when this batch is its probe."""
+        admission = self.breaker.admit()
+        if admission.wait > 0:
+            raise BatchDeferred(admission.wait + random.uniform(0, 1), Reason.ACCOUNT_BLOCKED)
+        return admission.probe
 
     def _plan(self, run_id: str, n: int, info: dict[str, Any]) -> Intent | None:
         """Upload the batch's files and drop content submitted before: the attempt to make."""
@@ -207,8 +208,13 @@ class Submitter:
         """Seconds between resolution passes: a quarter of the settle time, 1 to 30 s."""
         return min(30.0, max(1.0, self.settings.submit_uncertain_settle_seconds / 4))
 
-    def _attempt(self, run_id: str, n: int, intent: Intent) -> str:
-        """Store the intent, submit, record; see :meth:`submit_batch` for what it raises."""
+    def _attempt(self, run_id: str, n: int, intent: Intent, *, probe: bool) -> str:
+        """Store the intent, submit, record; see :meth:`submit_batch` for what it raises.
+
+        Unless this is the breaker's probe, a breaker opened since the gate defers the batch.
+        """
+        if not probe and self.breaker.open_code() is not None:
+            raise BatchDeferred(self.breaker.probe_s, Reason.ACCOUNT_BLOCKED)
         urls = [self.media.sign(entry.key) for entry in intent.files]
         paths = [url_path(url) for url in urls]
         attempt = Intent(

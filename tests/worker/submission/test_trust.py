@@ -18,7 +18,7 @@ from tests.fixtures.sandbox import wait_for
 from tests.worker.submission.submit_support import make_media, submit_settings
 from worker.dashscope import AmbiguousSubmitError, DashScopeClient
 from worker.submission.batching import plan_batches
-from worker.submission.breaker import STATE_KEY, AccountBreaker
+from worker.submission.breaker import PROBE_POLL_S, STATE_KEY, AccountBreaker, Admission
 from worker.submission.media import walk
 from worker.submission.submissions import SubmissionStore
 from worker.submission.submitter import BatchDeferred, Submitter
@@ -207,10 +207,11 @@ def test_the_breaker_logs_and_counts_each_state_change_once(redis_client: redis.
     first, second = AccountBreaker(redis_client, 30.0), AccountBreaker(redis_client, 30.0)
     first.trip("Throttling.AllocationQuota")
     second.trip("Throttling.AllocationQuota")
-    assert second.admit() > 25.0  # the first probe waits one interval
+    assert second.admit().wait > 25.0  # the first probe waits one interval
     assert redis_client.hget(STATE_KEY, "code") == b"Throttling.AllocationQuota"
     redis_client.delete("asr:breaker:probe")
-    assert first.admit() == 0.0 and second.admit() > 0.0  # one probe per interval
+    assert first.admit() == Admission(0.0, probe=True)  # one probe per interval
+    assert second.admit().wait == PROBE_POLL_S  # it looks again soon
     second.reset()
     first.reset()
     assert (count("open") - opened, count("closed") - closed) == (1.0, 1.0)
