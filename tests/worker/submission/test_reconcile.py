@@ -289,3 +289,17 @@ def test_beat_sends_the_sweep_to_the_submit_queue() -> None:
     assert 0 < entry["schedule"] <= 60
     app.loader.import_default_modules()
     assert {RECONCILE_TASK, SUBMIT_BATCH_TASK} <= set(app.tasks)
+
+
+def test_the_default_grace_waits_600_s_after_a_task_ended(
+    make_sandbox: Callable[..., Sandbox], media_server: MediaServer, redis_client: redis.Redis
+) -> None:
+    """With RECONCILE_AFTER_SECONDS at its default, a task is archived only 600 s after its end."""
+    settings = load_settings()
+    assert settings.reconcile_after_seconds == 600
+    h = Harness(make_sandbox(use_ffprobe=False), redis_client, grace_s=600)
+    task_id = h.submit("fun-asr", [media_server.url_for("hello.wav")])
+    wait_for(h.finished(task_id))
+    ended = h.box.state()["tasks"][task_id]["ended_at"]
+    assert h.reconciler.sweep(now=ended + 598).archived == []
+    assert h.reconciler.sweep(now=ended + 601).archived == [task_id]

@@ -242,3 +242,25 @@ def test_default_settle_and_probe_settings() -> None:
     assert DashScopeClient.from_settings(
         load_settings(dashscope_api_key="sk-x")
     )._http.timeout.read == pytest.approx(30.0)
+
+
+def test_the_default_settle_time_keeps_a_lost_submit_open_for_120_s(
+    make_sandbox: Callable[..., Sandbox], redis_client: redis.Redis
+) -> None:
+    """With SUBMIT_UNCERTAIN_SETTLE_SECONDS at its default, "not created" comes after 120 s."""
+    from core.settings import load_settings
+    from worker.ratelimit import query_limiter
+    from worker.submission.uncertain import Intent, Resolver
+
+    box = make_sandbox()
+    settle = load_settings().submit_uncertain_settle_seconds
+    client = DashScopeClient(box.api_url, box.config.api_key)
+    resolver = Resolver(
+        client, query_limiter(redis_client, 20), SubmissionStore(redis_client, 3600), settle
+    )
+    at = time.time() - 1
+    intent = Intent(at, "fun-asr", {}, [], [], ["/media/x.wav"])
+    assert resolver.resolve(intent, at + 60).settled is False
+    assert resolver.resolve(intent, at + settle - 1).settled is False
+    assert resolver.resolve(intent, at + settle + 1).settled is True
+    assert intent.looks == 3
