@@ -8,7 +8,10 @@ Commands and their modules (the contract's "Command line" table):
 ``status``     :mod:`asr_ingest.submit_cmd`: state of one task or file
 ``resubmit``   :mod:`asr_ingest.submit_cmd`: resubmit a task's failed files once
 ``dlq``        :mod:`asr_ingest.dlq_cmd`: list and replay dead letters
+``export``     :mod:`asr_ingest.export_cmd`: transcripts as txt, srt, vtt or jsonl files
+``show``       :mod:`asr_ingest.export_cmd`: the transcript text of one file or task
 ``sandbox``    :mod:`sandbox.cli`: the DashScope + EventBridge stand-in
+``health``     :mod:`asr_ingest.health_cmd`: does a worker still consume tasks (liveness)
 =============  ==========================================
 """
 
@@ -18,6 +21,7 @@ import importlib
 from typing import Any
 
 import click
+from pydantic import ValidationError
 
 COMMANDS = {
     "run": "asr_ingest.run:run",
@@ -25,12 +29,34 @@ COMMANDS = {
     "status": "asr_ingest.submit_cmd:status",
     "resubmit": "asr_ingest.submit_cmd:resubmit",
     "dlq": "asr_ingest.dlq_cmd:dlq",
+    "export": "asr_ingest.export_cmd:export",
+    "show": "asr_ingest.export_cmd:show",
     "sandbox": "sandbox.cli:sandbox",
+    "health": "asr_ingest.health_cmd:health",
 }
 
 
+def setting_error(exc: ValidationError) -> str:
+    """One line naming each environment variable whose value is invalid, and why."""
+    problems = []
+    for error in exc.errors():
+        name = "_".join(str(part) for part in error["loc"]).upper() or "settings"
+        problems.append(f"{name}: {error['msg']}")
+    return "bad setting: " + "; ".join(problems)
+
+
 class LazyGroup(click.Group):
-    """A group whose subcommands are imported only when invoked (fast ``--help``)."""
+    """A group whose subcommands are imported only when invoked (fast ``--help``).
+
+    A bad environment value (:class:`pydantic.ValidationError` from the settings) ends the
+    command with one line naming the variable, before anything starts.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ValidationError as exc:
+            raise click.ClickException(setting_error(exc)) from exc
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)

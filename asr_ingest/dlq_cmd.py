@@ -12,12 +12,12 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 
 import click
-import redis
 from rich.console import Console
 from rich.table import Table
 
+from asr_ingest.home import state_settings
 from core.queues import ARCHIVE_QUEUE, ARCHIVE_TASK
-from core.settings import load_settings
+from core.redis_client import connect
 from worker.app import create_celery
 from worker.archiving.dlq import DeadLetters, replay
 
@@ -31,8 +31,8 @@ def dlq() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def list_command(as_json: bool) -> None:
     """List dead letters, oldest first."""
-    settings = load_settings()
-    letters = DeadLetters(redis.Redis.from_url(settings.redis_url)).list()
+    settings = state_settings()
+    letters = DeadLetters(connect(settings.redis_url)).list()
     if as_json:
         for letter in letters:
             click.echo(json.dumps(asdict(letter)))
@@ -51,13 +51,13 @@ def list_command(as_json: bool) -> None:
 @click.argument("task_ids", nargs=-1)
 def replay_command(task_ids: tuple[str, ...]) -> None:
     """Re-enqueue the given dead letters (all when none is given); exit 1 if one is unknown."""
-    settings = load_settings()
+    settings = state_settings()
     app = create_celery(settings)
 
     def send(task_id: str) -> None:
         app.send_task(ARCHIVE_TASK, args=[task_id], kwargs={"replay": True}, queue=ARCHIVE_QUEUE)
 
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     done, missing = replay(client, list(task_ids) or None, send, settings.dedupe_ttl_seconds)
     for task_id in done:
         click.echo(f"replayed {task_id}")

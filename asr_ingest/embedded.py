@@ -41,10 +41,17 @@ class EmbeddedRedis:
     ``appendonly`` keeps data across :meth:`stop`/:meth:`start` (the fault tests rely on it).
     """
 
-    def __init__(self, directory: Path | None = None, *, appendonly: bool = True) -> None:
+    def __init__(
+        self,
+        directory: Path | None = None,
+        *,
+        appendonly: bool = True,
+        socket: Path | None = None,
+    ) -> None:
         self._owned = directory is None
         self.directory = directory or Path(tempfile.mkdtemp(prefix="asr-redis-"))
-        self.socket = self.directory / "redis.sock"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.socket = socket or self.directory / "redis.sock"
         self._appendonly = appendonly
         self._process: subprocess.Popen[bytes] | None = None
 

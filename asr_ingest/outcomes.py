@@ -9,17 +9,19 @@ sentence timings, so their last ``end_time`` stands in (`docs/dashscope-transcri
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import redis
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from asr_ingest.submit_cmd import ProgressView, SubmitReport
+from core.redis_client import connect
 from core.settings import Settings
 from worker.archiving.destinations import open_destinations
 from worker.submission.tracking import FileOutcome, OutcomeReader
@@ -49,7 +51,7 @@ def follow_runs(
 
     Shows a progress display of uploads, submissions and finished files meanwhile.
     """
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     reader = OutcomeReader(client, settings)
     accepted = sum(r.accepted for r in reports)
     view = ProgressView(console, accepted, accepted + sum(len(r.rejected) for r in reports))
@@ -104,29 +106,81 @@ def build_rows(settings: Settings, pairs: Sequence[tuple[str, FileOutcome]]) -> 
 
 
 def _display(path: str) -> str:
-    """``path`` relative to the working directory when it lies below it."""
+    """``path`` relative to the working directory when below it, else ``…/<dir>/<name>``."""
     try:
         return str(Path(path).relative_to(Path.cwd()))
     except ValueError:
-        return path
+        parts = Path(path).parts
+        return path if len(parts) <= 3 else "…/" + "/".join(parts[-2:])
 
 
-def render_run_table(
-    console: Console, settings: Settings, pairs: Sequence[tuple[str, FileOutcome]]
-) -> list[Row]:
-    """Print the table (file, model, task, status, duration in ms, archive key); the rows."""
-    rows = build_rows(settings, pairs)
-    table = Table(title="asr-ingest run")
-    for name in ("file", "model", "task_id", "status", "duration_ms", "archive key / reason"):
-        table.add_column(name, overflow="fold")
+def _audio(duration_ms: int | None) -> str:
+    """An audio length for people: ``3.2 s``, ``12 min 5 s``; "" when unknown."""
+    if duration_ms is None:
+        return ""
+    seconds = duration_ms / 1000
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    return f"{int(seconds // 60)} min {int(seconds % 60)} s"
+
+
+MEDIUM, WIDE = 100, 130
+"""Terminal widths (columns) from which the table adds model and audio length (``MEDIUM``),
+then each file's archive key or failure reason (``WIDE``)."""
+
+
+def render_run_table(console: Console, rows: Sequence[Row], settings: Settings) -> None:
+    """Print one line per file: file, task id (never broken), status; wider, more columns.
+
+    Below :data:`WIDE` columns, failure reasons follow the table, one line each.
+    """
+    medium, wide = console.width >= MEDIUM, console.width >= WIDE
+    table = Table(
+        title="asr-ingest run",
+        caption=f"archive: {settings.archive_urls[0]}",
+        box=box.SIMPLE_HEAD,
+    )
+    table.add_column("file", overflow="ellipsis", ratio=1, min_width=12)
+    if medium:
+        table.add_column("model", overflow="ellipsis", no_wrap=True, max_width=18)
+    table.add_column("task_id", no_wrap=True, min_width=36)
+    table.add_column("status", no_wrap=True)
+    if medium:
+        table.add_column("audio", no_wrap=True, justify="right")
+    if wide:
+        table.add_column("archive key / reason", overflow="fold", ratio=1)
     for row in rows:
-        style = "green" if row.status == "succeeded" else "red"
-        duration = "" if row.duration_ms is None else str(row.duration_ms)
-        where = row.archive_key or row.reason
-        table.add_row(
-            _display(row.path), row.model, row.task_id, f"[{style}]{row.status}[/]", duration, where
-        )
+        style = "green" if row.status in ("succeeded", "duplicate") else "red"
+        cells = [_display(row.path)]
+        cells += [row.model] if medium else []
+        cells += [row.task_id, f"[{style}]{row.status}[/]"]
+        cells += [_audio(row.duration_ms)] if medium else []
+        cells += [row.archive_key or row.reason] if wide else []
+        table.add_row(*cells)
     console.print(table)
-    ok = sum(row.status == "succeeded" for row in rows)
+    if not wide:
+        for row in rows:
+            if row.reason:
+                console.print(f"{_display(row.path)}: {row.reason}", markup=False)
+    ok = sum(row.status in ("succeeded", "duplicate") for row in rows)
     console.print(f"{ok} of {len(rows)} files archived")
-    return rows
+
+
+def print_json_rows(rows: Sequence[Row]) -> None:
+    """One JSON object per row on stdout (``docs/contract.md``, ``asr-ingest run --json``).
+
+    Keys: ``file``, ``model``, ``task_id``, ``status``, ``duration_ms`` (audio length, ms),
+    ``archive_key``, ``reason``.
+    """
+    for row in rows:
+        document = {
+            "file": row.path,
+            "model": row.model,
+            "task_id": row.task_id,
+            "status": row.status,
+            "duration_ms": row.duration_ms,
+            "archive_key": row.archive_key,
+            "reason": row.reason,
+        }
+        sys.stdout.write(json.dumps(document, ensure_ascii=False) + "\n")
+    sys.stdout.flush()

@@ -20,20 +20,23 @@ submitted, and followed until each is archived or failed.
 
 from __future__ import annotations
 
+import socket
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 import boto3
 import click
 from rich.console import Console
 
-from asr_ingest.outcomes import follow_runs, render_run_table
+from asr_ingest.home import answers, home_dir, log_dir, redis_dir, socket_path, socket_url
+from asr_ingest.outcomes import build_rows, follow_runs, print_json_rows, render_run_table
 from asr_ingest.stack import Stack
 from asr_ingest.starters import (
     free_port,
+    listening_socket,
     moto_spec,
     redis_spec,
     sandbox_env,
@@ -42,9 +45,13 @@ from asr_ingest.starters import (
     worker_spec,
 )
 from asr_ingest.submit_cmd import SubmitReport, submit_paths
-from core.settings import Settings, load_settings, load_settings_from
-from worker.submission.batching import parse_parameters
+from core.errors import PermanentError
+from core.models import family_of
+from core.redis_client import connect
+from core.settings import Settings, broker_url_for, load_settings, load_settings_from
+from worker.submission.batching import check_parameters, parse_parameters
 from worker.submission.media import SUPPORTED_FORMATS, walk
+from worker.submission.tracking import OutcomeReader
 
 DEFAULT_MODELS = ("fun-asr", "paraformer-v2", "qwen3-asr-flash-filetrans")
 SAMPLES = Path(__file__).resolve().parent.parent / "sandbox" / "samples"
@@ -81,37 +88,75 @@ def _start_media_store(stack: Stack) -> dict[str, str]:
 
 
 def start_local_parts(
-    stack: Stack, settings: Settings, workdir: Path, sandbox_args: Sequence[str] = ()
+    stack: Stack,
+    settings: Settings,
+    home: Path,
+    sandbox_args: Sequence[str] = (),
 ) -> dict[str, str]:
     """Start what ``settings`` does not configure; the environment every part then shares.
 
-    Raises :class:`asr_ingest.stack.StackError` when a part does not become ready.
+    Configured Redis and broker URLs are passed on as they are. The embedded Redis keeps its
+    data in ``home`` (:mod:`asr_ingest.home`), so state outlives the run. Raises
+    :class:`asr_ingest.stack.StackError` when a part does not become ready.
     """
     configured = settings.model_fields_set
-    env: dict[str, str] = {}
+    env: dict[str, str] = {
+        "REDIS_URL": settings.redis_url,
+        "CELERY_BROKER_URL": settings.broker_url,
+    }
     if "redis_url" not in configured:
-        env["REDIS_URL"] = stack.start(redis_spec(workdir / "redis")).spec.url
+        env["REDIS_URL"] = _local_redis(stack, home)
+        env["CELERY_BROKER_URL"] = broker_url_for(env["REDIS_URL"])
+    if "celery_broker_url" in configured:
+        env["CELERY_BROKER_URL"] = settings.broker_url
     if "media_url" not in configured:
         env.update(LOCAL_KEYS, **_start_media_store(stack))
     if "archive_urls" not in configured:
         env["ARCHIVE_URLS"] = (Path.cwd() / "archive").as_uri()
     public_url = settings.webhook_public_url
-    if public_url:  # e.g. a tunnel's URL; the local webhook listens on its port if it has one
-        web_port = urlsplit(public_url).port or free_port()
-    else:
-        web_port = free_port()
-        public_url = f"http://127.0.0.1:{web_port}/callbacks/eventbridge"
+    web: int | socket.socket
+    if public_url and urlsplit(public_url).port:  # e.g. a tunnel's URL with the local port
+        web = int(urlsplit(public_url).port or 0)
+    else:  # held from now on: no other process can take the port before gunicorn has it
+        web = listening_socket()
+        local_url = f"http://127.0.0.1:{web.getsockname()[1]}/callbacks/eventbridge"
+        public_url = public_url or local_url
         env["WEBHOOK_PUBLIC_URL"] = public_url
     if "dashscope_api_key" not in configured:
         sandbox = stack.start(sandbox_spec(free_port(), public_url, extra_args=sandbox_args))
         env.update(sandbox_env(sandbox))
-    stack.start_many(
-        [
-            webhook_spec(web_port, env),
-            worker_spec(env, beat_schedule=workdir / "beat-schedule"),
-        ]
-    )
+    env.update(_reconcile_soon(settings, sandbox_args))
+    try:
+        stack.start_many(
+            [webhook_spec(web, env), worker_spec(env, beat_schedule=home / "beat-schedule")]
+        )
+    finally:
+        if isinstance(web, socket.socket):
+            web.close()  # gunicorn holds its own copy
     return env
+
+
+def _local_redis(stack: Stack, home: Path) -> str:
+    """The URL of ``home``'s embedded Redis: a server already serving it, else a new child."""
+    url = socket_url(home)
+    if answers(url):
+        return url
+    return str(stack.start(redis_spec(redis_dir(home), socket_path=socket_path(home))).spec.url)
+
+
+def _reconcile_soon(settings: Settings, sandbox_args: Sequence[str]) -> dict[str, str]:
+    """Settings that make reconciliation start within seconds when callbacks may not come.
+
+    That is when the run's own sandbox drops callbacks (``--drop-fraction``), and when real
+    DashScope is used without a ``WEBHOOK_PUBLIC_URL`` it could reach. Otherwise nothing.
+    """
+    dropping = any(arg.startswith("--drop-fraction") for arg in sandbox_args)
+    unreachable = "dashscope_api_key" in settings.model_fields_set and not (
+        settings.webhook_public_url
+    )
+    if not (dropping or unreachable):
+        return {}
+    return {"RECONCILE_AFTER_SECONDS": "5", "SWEEP_INTERVAL_SECONDS": "2"}
 
 
 def submit_round_robin(
@@ -146,8 +191,14 @@ def submit_round_robin(
 @click.option("--force", is_flag=True, help="Submit files already submitted before.")
 @click.option("--timeout", default=900.0, show_default=True, help="Wait limit, seconds.")
 @click.option("--sandbox-arg", "sandbox_args", multiple=True, help="Pass an option to the sandbox.")
-@click.option("--log-dir", type=click.Path(file_okay=False, path_type=Path), help="Child logs.")
-@click.option("--quiet", is_flag=True, help="Do not echo the children's logs.")
+@click.option(
+    "--log-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Child logs (default: logs/ in ASR_INGEST_HOME).",
+)
+@click.option("--verbose", "-v", is_flag=True, help="Echo the children's logs too.")
+@click.option("--quiet", is_flag=True, hidden=True, help="Accepted for compatibility; the default.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file and line.")
 def run(
     paths: tuple[str, ...],
     models: tuple[str, ...],
@@ -156,27 +207,81 @@ def run(
     timeout: float,
     sandbox_args: tuple[str, ...],
     log_dir: Path | None,
+    verbose: bool,
     quiet: bool,
+    as_json: bool,
 ) -> None:
     """Run everything not configured, submit PATH... and wait until every file is settled."""
-    console = Console(width=None if sys.stdout.isatty() else 160)
-    sink = (lambda _line: None) if quiet else _console_sink(console)
-    with (
-        tempfile.TemporaryDirectory(prefix="asr-ingest-") as tmp,
-        Stack(sink=sink, log_dir=log_dir) as stack,
-    ):
-        env = start_local_parts(stack, load_settings(), Path(tmp), sandbox_args)
-        settings = load_settings_from(env)  # the in-process submitter sees what children see
-        reports = submit_round_robin(
-            settings,
-            list(paths) or bundled_samples(),
-            models or DEFAULT_MODELS,
-            parse_parameters(params),
-            force,
-        )
-        outcomes = follow_runs(settings, reports, console, timeout)
-        rows = render_run_table(console, settings, outcomes)
-    sys.exit(0 if all(row.status == "succeeded" for row in rows) else 1)
+    settings = load_settings()
+    models = models or DEFAULT_MODELS
+    parameters = _checked_options(models, params)
+    console = Console(stderr=as_json)
+    home = home_dir()
+    sink = _console_sink(console) if verbose else (lambda _line: None)
+    reports: list[SubmitReport] = []
+    try:
+        with Stack(sink=sink, log_dir=log_dir or log_dir_of(home)) as stack:
+            env = start_local_parts(stack, settings, home, sandbox_args)
+            settings = load_settings_from(env)  # the in-process submitter sees what children see
+            reports = submit_round_robin(
+                settings, list(paths) or bundled_samples(), models, parameters, force
+            )
+            try:
+                pairs = follow_runs(settings, reports, console, timeout)
+            except KeyboardInterrupt:
+                in_flight = _in_flight(settings, reports)
+                stack.stop_all()
+                _interrupted(console, in_flight)
+            rows = build_rows(settings, pairs)
+    except KeyboardInterrupt:  # while starting or submitting
+        _interrupted(console, [])
+    if as_json:
+        print_json_rows(rows)
+    else:
+        render_run_table(console, rows, settings)
+    sys.exit(0 if all(row.status in SUCCESS for row in rows) else 1)
+
+
+SUCCESS = frozenset({"succeeded", "duplicate"})
+"""Row statuses that count as done: archived now, or archived by an earlier run."""
+
+
+def log_dir_of(home: Path) -> Path:
+    """Child logs of a run in ``home``."""
+    return log_dir(home)
+
+
+def _checked_options(models: Sequence[str], params: Sequence[str]) -> dict[str, object]:
+    """Validate ``--model`` and ``--param`` before anything starts; one-line errors."""
+    try:
+        for model in models:
+            family_of(model)
+        parameters = parse_parameters(params)
+        check_parameters(parameters)
+    except PermanentError as exc:
+        raise click.BadParameter(str(exc), param_hint="--model") from exc
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--param") from exc
+    return parameters
+
+
+def _in_flight(settings: Settings, reports: Sequence[SubmitReport]) -> list[str]:
+    """Task ids of files not final yet (submitted, not archived or failed)."""
+    client = connect(settings.redis_url)
+    try:
+        reader = OutcomeReader(client, settings)
+        outcomes = [o for r in reports for o in reader.run(r.run_id)]
+    finally:
+        client.close()
+    return sorted({o.task_id for o in outcomes if o.task_id and not o.final})
+
+
+def _interrupted(console: Console, task_ids: Sequence[str]) -> NoReturn:
+    """Ctrl-C: name the tasks still in flight (``asr-ingest status`` follows them); exit 130."""
+    console.print("interrupted; the local parts were stopped")
+    for task_id in task_ids:
+        console.print(f"in flight: {task_id}  (asr-ingest status {task_id})", markup=False)
+    sys.exit(130)
 
 
 def _console_sink(console: Console) -> Callable[[str], None]:

@@ -59,7 +59,9 @@ class ChildSpec:
 
     ``argv`` is run without a shell; ``env`` is laid over the parent's environment;
     ``probe`` decides readiness (None: ready once started); ``url`` is the address the child
-    serves, when it serves one (informational, for the caller).
+    serves, when it serves one (informational, for the caller); ``pass_fds`` are file
+    descriptors the child inherits (a listening socket bound by the parent, so no other
+    process can take its port between choosing and binding it).
     """
 
     name: str
@@ -69,6 +71,7 @@ class ChildSpec:
     ready_timeout_s: float = 30.0
     cwd: Path | None = None
     url: str = ""
+    pass_fds: tuple[int, ...] = ()
 
 
 class Child:
@@ -236,6 +239,7 @@ class Stack:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            pass_fds=spec.pass_fds,
         )
         child = Child(spec, process)
         self.children[spec.name] = child

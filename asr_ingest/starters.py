@@ -24,12 +24,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
-import redis
 from celery import Celery
 
 from asr_ingest.embedded import redis_server_binary
 from asr_ingest.stack import Child, ChildSpec, Probe
 from core.queues import ARCHIVE_QUEUE, SUBMIT_QUEUE
+from core.redis_client import connect
 from core.settings import broker_url_for
 
 LOCALHOST = "127.0.0.1"
@@ -45,6 +45,19 @@ def free_port(host: str = LOCALHOST) -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def listening_socket(host: str = LOCALHOST) -> socket.socket:
+    """A TCP socket bound to a free port of ``host`` and listening, inheritable by children.
+
+    Hand it to a child (gunicorn's ``--bind fd://N``) and close the parent's copy once the
+    child runs: the port is held from the moment it is chosen, so no race can take it.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((host, 0))
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
 
 
 def script(name: str) -> str:
@@ -86,7 +99,7 @@ def redis_probe(url: str) -> Probe:
     """Probe: the Redis server at ``url`` (any redis-py URL) answers PING within 1 s."""
 
     def probe() -> bool:
-        client = redis.Redis.from_url(url, socket_timeout=1.0)
+        client = connect(url, socket_timeout=1.0)
         try:
             return bool(client.ping())
         finally:
@@ -108,16 +121,23 @@ def celery_probe(broker_url: str, node: str) -> Probe:
 # -- specs -------------------------------------------------------------------------------------
 
 
-def redis_spec(directory: Path, *, port: int | None = None, name: str = "redis") -> ChildSpec:
+def redis_spec(
+    directory: Path,
+    *,
+    port: int | None = None,
+    socket_path: Path | None = None,
+    name: str = "redis",
+) -> ChildSpec:
     """An embedded ``redis-server`` keeping its data (AOF) in ``directory``.
 
-    Without ``port`` it listens only on the unix socket ``directory/redis.sock`` and ``url`` is
+    Without ``port`` it listens only on the unix socket ``socket_path`` (default
+    ``directory/redis.sock``) and ``url`` is
     ``unix://...?db=0``; with ``port`` also on ``127.0.0.1:port`` and ``url`` is
     ``redis://127.0.0.1:port/0``. Policy ``noeviction``: a full Redis refuses writes rather
     than dropping receipts or queued messages. Restarting it on the same directory keeps data.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    sock = directory / "redis.sock"
+    sock = socket_path or directory / "redis.sock"
     argv = [
         redis_server_binary(),
         "--bind", LOCALHOST,
@@ -183,18 +203,35 @@ def sandbox_env(child: Child, timeout_s: float = 10.0) -> dict[str, str]:
     return env
 
 
-def webhook_spec(
-    port: int, env: Mapping[str, str], *, workers: int = 2, name: str = "web"
-) -> ChildSpec:
-    """The webhook under gunicorn on ``127.0.0.1:port``; ready when ``/readyz`` answers 200.
+GUNICORN_CONF = Path(__file__).resolve().parent.parent / "webhook" / "gunicorn_conf.py"
+"""The Procfile's gunicorn configuration (gevent workers, body-read deadline), by path: loading
+it by path keeps the webhook out of gunicorn's master before gevent patches the workers."""
 
+
+def webhook_spec(
+    port: int | socket.socket,
+    env: Mapping[str, str],
+    *,
+    workers: int = 2,
+    name: str = "web",
+) -> ChildSpec:
+    """The webhook under gunicorn on ``127.0.0.1:port`` with the Procfile's configuration
+    (:data:`GUNICORN_CONF`); ready when ``/readyz`` answers 200.
+
+    ``port`` may be a :func:`listening_socket`, which gunicorn then inherits (``fd://``).
     ``/readyz`` needs Redis and the broker (contract, "HTTP interface"), so start those first.
     """
+    fds: tuple[int, ...] = ()
+    if isinstance(port, socket.socket):
+        fds, bind = (port.fileno(),), f"fd://{port.fileno()}"
+        port = int(port.getsockname()[1])
+    else:
+        bind = f"{LOCALHOST}:{port}"
     url = f"http://{LOCALHOST}:{port}"
-    argv = [script("gunicorn"), "webhook.wsgi:app", "--bind", f"{LOCALHOST}:{port}"]
-    argv += ["--workers", str(workers), "--timeout", "30", "--graceful-timeout", "10"]
+    argv = [script("gunicorn"), "webhook.wsgi:app", "-c", str(GUNICORN_CONF), "--bind", bind]
+    argv += ["--workers", str(workers), "--graceful-timeout", "10"]
     probe = http_probe(f"{url}/readyz", status=200)
-    return ChildSpec(name, argv, env=with_broker(env), probe=probe, url=url)
+    return ChildSpec(name, argv, env=with_broker(env), probe=probe, url=url, pass_fds=fds)
 
 
 def worker_spec(

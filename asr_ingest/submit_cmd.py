@@ -16,14 +16,15 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import click
-import redis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from asr_ingest.home import state_settings
 from core.errors import PipelineError
 from core.models import family_of
 from core.queues import SUBMIT_QUEUE
+from core.redis_client import connect
 from core.settings import Settings, load_settings
 from worker.app import create_celery
 from worker.submission.batching import check_parameters, parse_parameters, plan_batches
@@ -62,7 +63,7 @@ def submit_paths(
     check_parameters(parameters)
     accepted, rejected = walk(paths)
     batches = plan_batches(accepted, model, settings.submit_batch_size)
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     try:
         store = SubmissionStore(client, settings.submission_ttl_seconds)
         run_id = store.create_run(model, parameters, batches, rejected, force=force)
@@ -88,7 +89,7 @@ def wait_for(
 
     Files still unsettled at the deadline come back with status ``pending``.
     """
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     reader = OutcomeReader(client, settings)
     deadline = time.monotonic() + timeout_s
     try:
@@ -106,8 +107,10 @@ def wait_for(
 def render_outcomes(console: Console, outcomes: Sequence[FileOutcome]) -> None:
     """Print one table row per file: path, status, task id, reason."""
     table = Table()
-    for name in ("file", "status", "task", "reason"):
-        table.add_column(name, overflow="fold")  # whole paths and ids, even when piped
+    table.add_column("file", overflow="fold")  # whole paths, even when piped
+    table.add_column("status", no_wrap=True)
+    table.add_column("task", no_wrap=True, min_width=36)  # an id is never broken
+    table.add_column("reason", overflow="fold")
     styles = {"succeeded": "green", "duplicate": "cyan", "pending": "yellow"}
     for o in sorted(outcomes, key=lambda item: item.path):
         style = styles.get(o.status, "red")
@@ -176,6 +179,8 @@ def submit(
     for rejection in report.rejected:
         console.print(f"[red]rejected[/] {rejection.path}: {rejection.reason}")
     console.print(f"run {report.run_id}: {report.accepted} files in {report.batches} batches")
+    if not report.accepted:
+        _fail("no file was accepted")
     if not wait:
         return
     view = ProgressView(console, report.accepted, report.accepted + len(report.rejected))
@@ -190,8 +195,8 @@ def submit(
 @click.argument("task_or_file")
 def status(task_or_file: str) -> None:
     """Show a task we submitted (by task id, or by a local file it took)."""
-    settings = load_settings()
-    client = redis.Redis.from_url(settings.redis_url)
+    settings = state_settings()
+    client = connect(settings.redis_url)
     try:
         info = task_status(client, settings, task_or_file)
     finally:
@@ -208,7 +213,7 @@ def status(task_or_file: str) -> None:
 @click.argument("task_id")
 def resubmit(task_id: str) -> None:
     """Submit the FAILED files of a task once more (once per task)."""
-    settings = load_settings()
+    settings = state_settings()
     try:
         new_ids = resubmit_task(settings, task_id)
     except PipelineError as exc:

@@ -38,7 +38,11 @@ class Reason(StrEnum):
     FOREIGN_ACCOUNT = "foreign_account"
     BAD_EVENT = "bad_event"
     BAD_REQUEST = "bad_request"
+    OTHER_TYPE = "other_type"
+    NOT_TRANSCRIPTION = "not_transcription"
+    NOT_FINISHED = "not_finished"
     BODY_TOO_LARGE = "body_too_large"
+    REQUEST_TIMEOUT = "request_timeout"
     CERTIFICATE_UNAVAILABLE = "certificate_unavailable"
     REDIS_UNAVAILABLE = "redis_unavailable"
     BROKER_UNAVAILABLE = "broker_unavailable"
@@ -80,6 +84,9 @@ class Reason(StrEnum):
     SUBMIT_UNCERTAIN = "submit_uncertain"  # a submit whose answer was lost: resolve, not retry
     ACCOUNT_BLOCKED = "account_blocked"  # Arrearage / Throttling.AllocationQuota: breaker opens
     BATCH_DEFERRED = "batch_deferred"  # a batch waits (breaker open, resolution, lock)
+    # notifications
+    NOTIFY_UNAVAILABLE = "notify_unavailable"
+    NOTIFY_REJECTED = "notify_rejected"
     # generic fallbacks of the tree below
     TRANSIENT = "transient"
     PERMANENT = "permanent"

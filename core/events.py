@@ -10,6 +10,16 @@ Facts from `docs/dashscope-transcription.md`:
 - "Querying a task": a batch is ``SUCCEEDED`` when at least one file succeeded, so each file's
   ``subtask_status`` decides; a failed task carries ``output.code`` and ``output.message``.
 
+- "Querying a task": ``PENDING``, ``RUNNING`` and ``SUSPENDED`` are not finished;
+  ``CANCELED`` and ``UNKNOWN`` are finished without results (nothing to fetch or query).
+- "The completion event": time fields are often malformed, so none is read here; an event is
+  never refused for its times.
+
+Verified bodies may hold lone UTF-16 surrogates (``"\\ud800"``, which :func:`json.loads`
+accepts): every string taken from an event goes through :func:`safe_text`, so manifests, logs
+and Redis keys always encode as UTF-8, and ``event.json`` keeps such a character as its JSON
+escape.
+
 Reconciliation stores synthesised events in the same envelope, so they parse the same way.
 """
 
@@ -22,6 +32,27 @@ from typing import Any
 from core.errors import PermanentError, Reason
 from core.logs import strip_query
 from core.models import Family, family_of, model_from_api_key
+
+UNFINISHED_STATUSES = frozenset({"PENDING", "RUNNING", "SUSPENDED"})
+"""Task statuses that are not an end (`docs/dashscope-transcription.md`, "Querying a task")."""
+NO_RESULT_STATUSES = frozenset({"CANCELED", "UNKNOWN"})
+"""Finished task statuses that never carry results: archived as they are, nothing queried."""
+
+
+def safe_text(value: object) -> str:
+    """``value`` as text that encodes as UTF-8: a lone surrogate becomes its escape ``\\udXXX``.
+
+    JSON admits ``"\\ud800"`` and Python decodes it to a lone surrogate, which ``str.encode``,
+    redis-py and file writes refuse; the escape text keeps what was sent, readably.
+    """
+    text = value if isinstance(value, str) else str(value)
+    if text.isascii():
+        return text
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,23 +105,26 @@ def _bad(message: str) -> PermanentError:
 def parse_event(body: bytes) -> TaskEvent:
     """Parse raw event bytes; the model is not checked here (see :attr:`TaskEvent.family`).
 
-    Raises :class:`PermanentError` (``bad_event``) when the body is not a JSON object with
-    ``data.task_id``.
+    A ``CANCELED`` or ``UNKNOWN`` task without a result gets no entries (not None: there is
+    nothing to query). Raises :class:`PermanentError` (``bad_event``) when the body is not a
+    JSON object with ``data.task_id``.
     """
     try:
         envelope = json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise _bad("event is not JSON") from exc
     data = envelope.get("data") if isinstance(envelope, dict) else None
     if not isinstance(data, dict) or not isinstance(data.get("task_id"), str):
         raise _bad("event has no data.task_id")
-    model = model_from_api_key(str(data.get("user_api_unique_key") or ""))
+    model = model_from_api_key(safe_text(data.get("user_api_unique_key") or ""))
+    stated = safe_text(data.get("task_status") or "")
     event = TaskEvent(
-        task_id=data["task_id"],
-        event_id=str(envelope.get("id") or ""),
+        task_id=safe_text(data["task_id"]),
+        event_id=safe_text(envelope.get("id") or ""),
         model=model,
-        task_status=str(data.get("task_status") or "UNKNOWN"),
-        entries=None,
+        task_status=stated or "UNKNOWN",
+        # only a stated CANCELED/UNKNOWN: an event without a status still gets its query
+        entries=() if stated in NO_RESULT_STATUSES else None,
     )
     result = data.get("output_result")
     if data.get("contain_result") is False or not isinstance(result, dict):
@@ -107,7 +141,7 @@ def with_output(event: TaskEvent, output: object) -> TaskEvent:
     """
     if not isinstance(output, dict):
         raise _bad("task output is not an object")
-    status = str(output.get("task_status") or event.task_status)
+    status = safe_text(output.get("task_status") or event.task_status)
     if event.family == "qwen3-asr-flash-filetrans":
         single = output.get("result")
         raw_entries = [single] if isinstance(single, dict) else []
@@ -121,8 +155,8 @@ def with_output(event: TaskEvent, output: object) -> TaskEvent:
         event,
         task_status=status,
         entries=entries,
-        code=str(code) if code is not None else None,
-        message=str(message) if message is not None else None,
+        code=safe_text(code) if code is not None else None,
+        message=safe_text(message) if message is not None else None,
     )
 
 
@@ -134,25 +168,30 @@ def _entry(index: int, raw: object, task_status: str) -> ResultEntry:
     message = item.get("message")
     return ResultEntry(
         index=index,
-        file_url=strip_query(str(item.get("file_url") or "")),
-        subtask_status=str(status),
-        transcription_url=str(url) if url else None,
-        code=str(code) if code is not None else None,
-        message=str(message) if message is not None else None,
+        file_url=strip_query(safe_text(item.get("file_url") or "")),
+        subtask_status=safe_text(status),
+        transcription_url=safe_text(url) if url else None,
+        code=safe_text(code) if code is not None else None,
+        message=safe_text(message) if message is not None else None,
     )
 
 
 def redact_event(body: bytes) -> bytes:
     """The event as archived in ``event.json``: every URL's query string removed, UTF-8 JSON.
 
-    `docs/contract.md`, "Archive layout": no signed query string is ever archived. Raises
-    :class:`PermanentError` (``bad_event``) when ``body`` is not JSON.
+    `docs/contract.md`, "Archive layout": no signed query string is ever archived. A lone
+    surrogate stays the JSON escape it arrived as (``\\ud800``), so the file is valid UTF-8
+    and reads back to the same document. Raises :class:`PermanentError` (``bad_event``) when
+    ``body`` is not JSON.
     """
     try:
         document = json.loads(body)
-    except ValueError as exc:
+        text = json.dumps(_strip_urls(document), ensure_ascii=False, indent=2)
+    except (ValueError, RecursionError) as exc:
         raise _bad("event is not JSON") from exc
-    return json.dumps(_strip_urls(document), ensure_ascii=False, indent=2).encode()
+    # Only lone surrogates fail to encode; each sits inside a JSON string, where "\udXXX" is
+    # its escape.
+    return text.encode("utf-8", "backslashreplace")
 
 
 def _strip_urls(value: Any) -> Any:

@@ -75,6 +75,9 @@ def configure_logging(log_format: str = "json", level: int = logging.INFO) -> No
     install_redaction(logging.getLogger())
     # httpx logs every request line at INFO, signed query strings included.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # oss2 logs every non-2xx answer at INFO as "Exception", the expected 404 of a HEAD that
+    # checks whether an object exists included; its real failures reach us as exceptions.
+    logging.getLogger("oss2").setLevel(logging.WARNING)
 
 
 class RedactingFilter(logging.Filter):

@@ -20,3 +20,6 @@ RECONCILE_TASK = "asr_ingest.reconcile"
 
 ARCHIVE_SWEEP_TASK = "asr_ingest.archive_sweep"
 """Re-enqueue receipts that never reached the broker and stuck archiving; no arguments (beat)."""
+
+NOTIFY_TASK = "asr_ingest.notify"
+"""Announce one archived task to ``NOTIFY_URL``; one argument, the ``task_id`` (str)."""

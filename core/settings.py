@@ -3,12 +3,13 @@
 Names and defaults are the outside contract (`docs/contract.md`, "Environment variables");
 variables below the contract's list are ours and documented in the README. This module is the
 only place that reads ``os.environ``. A bad value raises :class:`pydantic.ValidationError`,
-whose message names the variable; secrets are :class:`pydantic.SecretStr` and never appear in
-``repr``.
+whose message names the variable (:func:`settings_error` turns it into one line for a process
+that refuses to start); secrets are :class:`pydantic.SecretStr` and never appear in ``repr``.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import sys
@@ -16,7 +17,7 @@ from collections.abc import Mapping
 from functools import cached_property
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -25,12 +26,13 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-# EventBridge publishes its signing certificates on regional OSS accelerate hosts
-# (docs/eventbridge-signature.md, "Verifying v2", step 2): https, no user-info, no port,
-# host <region>-eventbridge.oss-accelerate.aliyuncs.com, a path ending in .pem, no query.
-DEFAULT_CERT_URL_REGEX = (
-    r"https://[a-z0-9-]+-eventbridge\.oss-accelerate\.aliyuncs\.com/[A-Za-z0-9._/-]+\.pem"
-)
+# An Alibaba Cloud region id (cn-beijing, ap-southeast-1, cn-shanghai-finance-1): it becomes part
+# of a trusted certificate host name, so nothing but lower-case letters, digits and inner dashes.
+REGION_ID = re.compile(r"[a-z]{2,}(?:-[a-z0-9]+)+")
+# Hex SHA-256 of a DER SubjectPublicKeyInfo (colons, as openssl prints them, are dropped).
+KEY_FINGERPRINT = re.compile(r"[0-9a-f]{64}")
+# Alibaba Cloud account ids are decimal (16 digits today).
+ACCOUNT_ID = re.compile(r"[0-9]{1,32}")
 # DashScope result links are signed https URLs on OSS hosts under .aliyuncs.com
 # (docs/dashscope-transcription.md, "The transcription result file").
 DEFAULT_RESULT_URL_REGEX = r"https://[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.aliyuncs\.com/[^#\s]*"
@@ -58,6 +60,26 @@ def _split_csv(value: object) -> object:
     return value
 
 
+def _all_match(pattern: re.Pattern[str], what: str, values: list[str]) -> list[str]:
+    bad = [value for value in values if not pattern.fullmatch(value)]
+    if bad:
+        raise ValueError(f"not {what}: {', '.join(repr(value) for value in bad)}")
+    return values
+
+
+class SettingsError(ValueError):
+    """A missing or invalid setting; ``str()`` is one line that names the variable."""
+
+
+def settings_error(exc: ValidationError) -> SettingsError:
+    """One line naming each invalid variable (upper case) and why, from pydantic's error."""
+    parts = []
+    for error in exc.errors():
+        name = "_".join(str(part) for part in error["loc"][:1]).upper() or "settings"
+        parts.append(f"{name}: {error['msg']}")
+    return SettingsError("; ".join(parts).replace("\n", " "))
+
+
 class Settings(BaseSettings):
     """Typed, frozen configuration; field ``foo_bar`` reads variable ``FOO_BAR``."""
 
@@ -70,12 +92,22 @@ class Settings(BaseSettings):
     broker_visibility_timeout_seconds: int = Field(3600, ge=5)
 
     # Webhook.
+    # Required by the webhook process (webhook.trust), not by workers.
     webhook_public_url: str | None = None
     webhook_max_body_bytes: int = Field(1_048_576, ge=1024)
     eventbridge_signature_token: SecretStr | None = None
-    eventbridge_cert_url_regex: str = DEFAULT_CERT_URL_REGEX
+    # Trust (docs/eventbridge-signature.md, "Which certificate URLs to trust"): the regions whose
+    # certificate hosts are trusted (default: the region of DASHSCOPE_BASE_URL), or a regular
+    # expression that replaces that rule; pinned key fingerprints; the accounts that are ours.
+    eventbridge_regions: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    eventbridge_cert_url_regex: str | None = None
+    eventbridge_cert_sha256: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    eventbridge_account_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
     eventbridge_max_skew_seconds: int = Field(60, ge=1)
     eventbridge_cert_ttl_seconds: int = Field(6 * 3600, ge=1)
+    # A failed certificate fetch is remembered this long (s): a flood naming one bad URL
+    # fetches it once per period, each delivery still answered 503.
+    eventbridge_cert_failure_ttl_seconds: float = Field(5.0, gt=0, le=300)
     dedupe_ttl_seconds: int = Field(172_800, ge=60)
     receipt_sweep_after_seconds: int = Field(60, ge=1)
     # How often beat runs the archive sweep and reconciliation, seconds.
@@ -115,6 +147,14 @@ class Settings(BaseSettings):
     oss_access_key_id: str | None = None
     oss_access_key_secret: SecretStr | None = None
 
+    # Notifications (docs/contract.md, "Notifications"): each task that reaches its manifest is
+    # announced to NOTIFY_URL, signed per Standard Webhooks with NOTIFY_SECRET (whsec_...).
+    notify_url: str | None = None
+    notify_secret: SecretStr | None = None
+    # Attempts per announcement before its dead letter (backoff 5 s doubling, capped at 600 s:
+    # the default 12 attempts span about an hour).
+    notify_max_attempts: int = Field(12, ge=1)
+
     # Submission.
     media_url: str | None = None
     media_url_expires_seconds: int = Field(172_800, ge=60, le=7 * 86_400)
@@ -151,23 +191,54 @@ class Settings(BaseSettings):
         default_factory=lambda: "console" if sys.stdout.isatty() else "json"
     )
 
-    _split_archive_urls = field_validator("archive_urls", mode="before")(_split_csv)
+    _split_lists = field_validator(
+        "archive_urls",
+        "eventbridge_regions",
+        "eventbridge_cert_sha256",
+        "eventbridge_account_ids",
+        mode="before",
+    )(_split_csv)
 
     @field_validator("eventbridge_cert_url_regex", "result_url_regex")
     @classmethod
-    def _compiles(cls, value: str) -> str:
-        re.compile(value)
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            re.compile(value)
         return value
+
+    @field_validator("eventbridge_regions")
+    @classmethod
+    def _region_ids(cls, values: list[str]) -> list[str]:
+        return _all_match(REGION_ID, "a region id", [value.lower() for value in values])
+
+    @field_validator("eventbridge_cert_sha256")
+    @classmethod
+    def _fingerprints(cls, values: list[str]) -> list[str]:
+        normal = [value.replace(":", "").lower() for value in values]
+        return _all_match(KEY_FINGERPRINT, "a hex SHA-256", normal)
+
+    @field_validator("eventbridge_account_ids")
+    @classmethod
+    def _account_ids(cls, values: list[str]) -> list[str]:
+        return _all_match(ACCOUNT_ID, "an account id", values)
 
     @property
     def broker_url(self) -> str:
         """Celery broker URL: ``CELERY_BROKER_URL``, else ``REDIS_URL`` in kombu's spelling."""
         return self.celery_broker_url or broker_url_for(self.redis_url)
 
-    @cached_property
-    def cert_url_pattern(self) -> re.Pattern[str]:
-        """Compiled ``EVENTBRIDGE_CERT_URL_REGEX``; use ``fullmatch``."""
-        return re.compile(self.eventbridge_cert_url_regex)
+    @field_validator("notify_secret")
+    @classmethod
+    def _whsec(cls, value: SecretStr | None) -> SecretStr | None:
+        """A Standard Webhooks secret: ``whsec_`` and Base64 (the prefix may be omitted)."""
+        if value is None:
+            return None
+        encoded = value.get_secret_value().removeprefix("whsec_")
+        try:
+            base64.b64decode(encoded, validate=True)
+        except ValueError as exc:
+            raise ValueError("expected whsec_ followed by Base64") from exc
+        return value
 
     @cached_property
     def result_url_pattern(self) -> re.Pattern[str]:

@@ -15,6 +15,9 @@ A *receipt* is one task's stored event. Keys (``asr:`` prefix, all expire after
 
 ``asr:receipts:pending`` (sorted set, member task_id, score received_at)
     receipts claimed but not yet known to be on the ``archive`` queue.
+``asr:receipts:open`` (sorted set, member task_id, score received_at)
+    receipts not archived and not dead-lettered: what the ``asr_unarchived_tasks`` gauges
+    count by age (:mod:`core.gauges`). Added by the claims, removed on ``archived``/``dead``.
 
 Receipt states::
 
@@ -48,12 +51,14 @@ import redis
 
 RECEIPT_KEY = "asr:receipt:{task_id}"
 PENDING_KEY = "asr:receipts:pending"
+OPEN_KEY = "asr:receipts:open"
+FINAL_STATES = frozenset({"archived", "dead"})
 
 ReceiptState = Literal["received", "enqueued", "archiving", "archived", "dead"]
 ReceiptSource = Literal["eventbridge", "reconciliation"]
 _LEGACY_SOURCES = {"reconciled": "reconciliation"}
 
-# KEYS[1] receipt hash, KEYS[2] pending set;
+# KEYS[1] receipt hash, KEYS[2] pending set, KEYS[3] open set;
 # ARGV: body, received_at, event_id, model, source, ttl seconds, task_id.
 _CLAIM = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -61,17 +66,19 @@ redis.call('HSET', KEYS[1], 'body', ARGV[1], 'received_at', ARGV[2], 'event_id',
            'model', ARGV[4], 'source', ARGV[5], 'state', 'received')
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[7])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[7])
 return 1
 """
 
-# KEYS[1] receipt hash, KEYS[2] queue list;
-# ARGV: body, received_at, event_id, model, source, ttl seconds, message.
+# KEYS[1] receipt hash, KEYS[2] queue list, KEYS[3] open set;
+# ARGV: body, received_at, event_id, model, source, ttl seconds, message, task_id.
 _CLAIM_ENQUEUED = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'body', ARGV[1], 'received_at', ARGV[2], 'event_id', ARGV[3],
            'model', ARGV[4], 'source', ARGV[5], 'state', 'enqueued')
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
 redis.call('LPUSH', KEYS[2], ARGV[7])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[8])
 return 1
 """
 
@@ -130,7 +137,8 @@ class ReceiptStore:
         The receipt starts ``received`` and pending; ``now`` is seconds since the epoch.
         """
         args = self._fields(body, event_id, model, source, now)
-        return bool(self._claim(keys=[self.key(task_id), PENDING_KEY], args=[*args, task_id]))
+        keys = [self.key(task_id), PENDING_KEY, OPEN_KEY]
+        return bool(self._claim(keys=keys, args=[*args, task_id]))
 
     def claim_enqueued(
         self,
@@ -152,8 +160,9 @@ class ReceiptStore:
         which pushes nothing. Only right when the broker's queue lives in this same Redis
         database; the webhook decides that.
         """
-        args = [*self._fields(body, event_id, model, source, now), message]
-        return bool(self._claim_enqueued(keys=[self.key(task_id), queue_key], args=args))
+        args = [*self._fields(body, event_id, model, source, now), message, task_id]
+        keys = [self.key(task_id), queue_key, OPEN_KEY]
+        return bool(self._claim_enqueued(keys=keys, args=args))
 
     def _fields(
         self, body: bytes, event_id: str, model: str, source: str, now: float | None
@@ -166,6 +175,7 @@ class ReceiptStore:
         pipe = self._redis.pipeline(transaction=True)
         pipe.delete(self.key(task_id))
         pipe.zrem(PENDING_KEY, task_id)
+        pipe.zrem(OPEN_KEY, task_id)
         pipe.execute()
 
     def mark_enqueued(self, task_id: str) -> bool:
@@ -179,10 +189,18 @@ class ReceiptStore:
         return bool(self._mark_enqueued(keys=keys, args=[task_id]))
 
     def set_state(self, task_id: str, state: ReceiptState) -> None:
-        """Advance a receipt's state (the worker: ``archiving``, ``archived``, ``dead``)."""
+        """Advance a receipt's state (the worker: ``archiving``, ``archived``, ``dead``).
+
+        A final state leaves the open set; any other (a replay sets ``enqueued``) enters it
+        unless it is there already.
+        """
         pipe = self._redis.pipeline(transaction=True)
         pipe.hset(self.key(task_id), "state", state)
         pipe.zrem(PENDING_KEY, task_id)
+        if state in FINAL_STATES:
+            pipe.zrem(OPEN_KEY, task_id)
+        else:
+            pipe.zadd(OPEN_KEY, {task_id: time.time()}, nx=True)
         pipe.execute()
 
     def load(self, task_id: str) -> Receipt | None:

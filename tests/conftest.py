@@ -5,4 +5,6 @@ pytest_plugins = [
     "tests.fixtures.objectstore",
     "tests.fixtures.sandbox",
     "tests.fixtures.worker",
+    "tests.fixtures.rabbitmq",
+    "tests.fixtures.sentinel",
 ]

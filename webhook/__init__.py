@@ -6,18 +6,22 @@ gunicorn (``gunicorn webhook.wsgi:app``).
 
 from __future__ import annotations
 
-import redis
+import pydantic
 from flask import Flask
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from core.broker import PUBLISH_TIMEOUT_SECONDS, publisher
+from core.gauges import StateCollector
 from core.logs import configure_logging
-from core.settings import Settings, load_settings
+from core.redis_client import connect
+from core.settings import Settings, load_settings, settings_error
 from core.store import ReceiptStore
 from webhook.certificates import CertificateCache, create_http_client
 from webhook.intake import create_intake
+from webhook.messages import broker_is_redis_store
 from webhook.metrics import WebhookMetrics
+from webhook.trust import trust_from
 from webhook.views import EXTENSION, Webhook, bp
 
 __all__ = ["create_app"]
@@ -29,9 +33,15 @@ REDIS_TIMEOUT_SECONDS = PUBLISH_TIMEOUT_SECONDS
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the webhook app for ``settings`` (default: read from the environment).
 
-    Configures structlog; connects to nothing until the first request.
+    Configures structlog; connects to nothing until the first request. Raises
+    :class:`core.settings.SettingsError` (one line naming the variable) for an invalid setting,
+    a missing ``WEBHOOK_PUBLIC_URL``, or no trusted certificate rule (:mod:`webhook.trust`).
     """
-    settings = settings or load_settings()
+    if settings is None:
+        try:
+            settings = load_settings()
+        except pydantic.ValidationError as exc:
+            raise settings_error(exc) from None
     configure_logging(settings.log_format)
     app = Flask(__name__)
     # One byte over the cap, so a chunked body that is too large is seen as such (views).
@@ -44,24 +54,32 @@ def create_app(settings: Settings | None = None) -> Flask:
 def build_webhook(settings: Settings) -> Webhook:
     """The views' collaborators: Redis client, intake (receipt store and archive messages),
     publishing Celery app (:func:`core.broker.publisher`: fallback path, readiness), key
-    cache. See :mod:`webhook.intake` for the two intake paths."""
-    client = redis.Redis.from_url(
+    cache. See :mod:`webhook.intake` for the two intake paths. Raises
+    :class:`core.settings.SettingsError` from :func:`webhook.trust.trust_from`."""
+    trust = trust_from(settings)
+    metrics = WebhookMetrics(settings.prometheus_multiproc_dir)
+    client = connect(
         settings.redis_url,
         socket_timeout=REDIS_TIMEOUT_SECONDS,
         socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
         retry=Retry(NoBackoff(), 1),
     )
     celery = publisher(settings)
+    metrics.add_state(StateCollector(client, client if broker_is_redis_store(settings) else None))
     keys = CertificateCache(
-        settings.cert_url_pattern,
+        trust.cert_urls,
         create_http_client(),
         ttl_seconds=settings.eventbridge_cert_ttl_seconds,
+        failure_ttl_seconds=settings.eventbridge_cert_failure_ttl_seconds,
+        pins=trust.pins,
+        on_new_key=metrics.key_seen,
     )
     return Webhook(
         settings=settings,
+        trust=trust,
         keys=keys,
         intake=create_intake(settings, ReceiptStore(client, settings.dedupe_ttl_seconds), celery),
         redis=client,
         celery=celery,
-        metrics=WebhookMetrics(settings.prometheus_multiproc_dir),
+        metrics=metrics,
     )

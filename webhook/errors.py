@@ -4,7 +4,9 @@
 
     WebhookError(PipelineError)      base (core.errors); never raised itself
     ├── SignatureError(reason)       401: the delivery will never verify
+    ├── ForeignAccountError          403 ``foreign_account``: verified, but not our tenant's
     ├── EventError                   400 ``bad_event``: verified, but not a usable event
+    ├── BadRequestError              400 ``bad_request``: malformed HTTP framing or encoding
     └── UnavailableError             503: temporary, EventBridge retries
         ├── CertificateUnavailable   ``certificate_unavailable``: fetch or parse failed
         ├── StoreUnavailable         ``redis_unavailable``: the receipt could not be stored
@@ -12,9 +14,9 @@
 
 Reasons of :class:`SignatureError` are the contract's (`docs/contract.md`, "HTTP interface"):
 ``missing_signature``, ``bad_timestamp``, ``expired``, ``untrusted_certificate_url``,
-``bad_signature``, ``bad_token``. ``reason`` feeds the JSON answer, logs and metric labels.
-Third-party exceptions (httpx, cryptography, redis, kombu) are wrapped with ``raise ... from``
-where they are caught.
+``untrusted_certificate``, ``bad_signature``, ``bad_token``. ``reason`` feeds the JSON answer,
+logs and metric labels. Third-party exceptions (httpx, cryptography, redis, kombu) are wrapped
+with ``raise ... from`` where they are caught.
 """
 
 from __future__ import annotations
@@ -54,6 +56,21 @@ class SignatureError(WebhookError):
             raise ValueError(f"{reason} is not a signature reason")
         reason = Reason(reason)
         super().__init__(f"{reason}: {detail}" if detail else reason, reason=reason)
+
+
+class ForeignAccountError(WebhookError):
+    """A verified event whose ``source`` is not ``acs.dashscope`` or whose ``aliyunaccountid``
+    is not in ``EVENTBRIDGE_ACCOUNT_IDS`` (when set): any account can aim its rule at us (403)."""
+
+    status = 403
+    reason = Reason.FOREIGN_ACCOUNT
+
+
+class BadRequestError(WebhookError):
+    """The request body could not be read: bad chunk framing, a truncated body (400)."""
+
+    status = 400
+    reason = Reason.BAD_REQUEST
 
 
 class EventError(WebhookError):

@@ -42,8 +42,8 @@ import structlog
 from core.queues import ARCHIVE_QUEUE, ARCHIVE_TASK
 from core.settings import Settings
 from core.store import ReceiptStore
+from webhook.admission import Envelope
 from webhook.errors import BrokerUnavailable, StoreUnavailable
-from webhook.events import Event
 from webhook.messages import ArchiveMessages, broker_is_redis_store
 
 log = structlog.get_logger(__name__)
@@ -60,7 +60,7 @@ seconds EventBridge waits. Longer retries belong to EventBridge, which redeliver
 class Intake(Protocol):
     """Takes one verified event: stored and one archive message, or an error and nothing."""
 
-    def take(self, event: Event, body: bytes) -> Outcome:
+    def take(self, event: Envelope, body: bytes) -> Outcome:
         """``accepted`` (new) or ``duplicate``; ``body`` is the raw verified delivery.
 
         Raises :class:`StoreUnavailable` or :class:`BrokerUnavailable` (503).
@@ -92,7 +92,7 @@ class AtomicIntake:
         self._store = store
         self._messages = messages
 
-    def take(self, event: Event, body: bytes) -> Outcome:
+    def take(self, event: Envelope, body: bytes) -> Outcome:
         """Store ``body`` and push the archive message at once; see :class:`Intake`.
 
         Raises :class:`StoreUnavailable` when Redis fails (nothing stored, nothing pushed).
@@ -138,7 +138,7 @@ class PublishingIntake:
         self._store = store
         self._publish = publish
 
-    def take(self, event: Event, body: bytes) -> Outcome:
+    def take(self, event: Envelope, body: bytes) -> Outcome:
         """Claim, publish and mark one event; see :class:`Intake`.
 
         Raises :class:`StoreUnavailable` when the claim fails (nothing stored) and

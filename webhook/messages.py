@@ -50,7 +50,7 @@ _CELERY_ID = "asrCELERYIDasr"
 _TAG = "asrTAGasr"
 _BODY = "asrBODYasr"
 _SAFE_TASK_ID = re.compile(r"[A-Za-z0-9_.:-]+")
-"""What :func:`webhook.events.parse_event` admits: needs no escaping in JSON or in ``repr``."""
+"""What :func:`webhook.admission.parse_envelope` admits: no escaping needed in JSON or ``repr``."""
 
 
 class _Template:

@@ -9,8 +9,8 @@ algorithm" pages, the Java SDK ``aliyun/alibabacloud-eventbridge-sdk`` and the v
   under EventBridge's private key; ``x-eventbridge-signature`` is Base64 HMAC-SHA1 under it.
 - The timestamp is milliseconds since the epoch. Header names are lower case in the
   string-to-sign. The body is signed byte for byte, before any JSON parsing.
-- Documented ambiguities, all accepted: a trailing ``\\n`` after the body or not; in v2, the
-  token line present or not (the v1 SDK signs it, the v2 demo never does).
+- Documented ambiguities, all accepted: a trailing ``\\n`` after the body or not; in both
+  generations, the token line present or not (the v1 SDK signs it, the demos never do).
 
 This module is pure: the clock (``now_ms``), the tolerance and the key source are arguments, so
 tests freeze them. It imports neither Flask nor httpx.
@@ -63,7 +63,8 @@ class PublicKeySource(Protocol):
     """Gives EventBridge's RSA public key for a certificate URL (see :mod:`webhook.certificates`).
 
     Raises :class:`~webhook.errors.SignatureError` (``untrusted_certificate_url``) for a URL
-    outside the trusted pattern, :class:`~webhook.errors.CertificateUnavailable` when the
+    outside the trusted pattern, (``untrusted_certificate``) for a key that is not pinned,
+    :class:`~webhook.errors.CertificateUnavailable` when the
     certificate cannot be fetched or parsed.
     """
 
@@ -111,15 +112,20 @@ def strings_to_sign(
     """Every string-to-sign the spec accepts for this delivery, most common first.
 
     ``headers`` has lower-case names (values as received, latin-1 as in WSGI); ``body`` is the
-    raw request body. Two candidates (trailing newline or not), four in v2 with a token header.
+    raw request body; ``target_url`` is ``WEBHOOK_PUBLIC_URL``, never the request's ``Host``.
+    Four candidates in either generation ("Known ambiguities"): trailing newline or not, times
+    token line or not. The v1 SDK signs the token line when the header is present, its first
+    commit always (empty without the header); the demos and RocketMQ's sink never do. The
+    likeliest form comes first: the token line only for v1 with a token header.
     """
     method = HASH_METHOD if generation == "v2" else SIGNATURE_METHOD
     names = (TIMESTAMP, method, VERSION, CERT_URL)
     head = target_url.encode() + b"\n" + _lines(headers, names)
-    prefixes = [head]
     if TOKEN in headers:
         with_token = head + _lines(headers, (TOKEN,))
-        prefixes = [head, with_token] if generation == "v2" else [with_token]
+        prefixes = [head, with_token] if generation == "v2" else [with_token, head]
+    else:
+        prefixes = [head, head + TOKEN.encode() + b": \n"]
     return [prefix + body + end for end in (b"\n", b"") for prefix in prefixes]
 
 
@@ -185,11 +191,12 @@ def verify_delivery(
     """Verify one delivery; return its signature generation.
 
     ``headers`` are the request headers in any case; ``body`` the raw bytes; ``target_url``
-    the URL configured on the EventBridge target; ``now_ms`` the receiver's clock and
-    ``max_skew_ms`` the window, both milliseconds. Checks run in the spec's order: headers,
-    timestamp, certificate URL (before any fetch), signature, token.
+    the URL configured on the EventBridge target (``WEBHOOK_PUBLIC_URL``); ``now_ms`` the
+    receiver's clock and ``max_skew_ms`` the window, both milliseconds. Checks run in the
+    spec's order: headers, timestamp, certificate URL (before any fetch), signature, token.
 
-    Raises :class:`SignatureError` (401 reasons) or
+    Raises :class:`SignatureError` (401 reasons, ``untrusted_certificate`` among them from
+    ``keys``) or
     :class:`~webhook.errors.CertificateUnavailable` (503) from ``keys``.
     """
     found = signature_headers(headers)

@@ -37,6 +37,8 @@ T = TypeVar("T")
 TASK_MODULES: list[str] = [
     "worker.submission.tasks",
     "worker.archiving.tasks",
+    "worker.notifications.tasks",
+    "worker.health",
 ]
 """Modules holding ``shared_task`` definitions, imported by the worker at start."""
 
@@ -107,6 +109,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
+        "worker_direct": True,  # each worker also consumes <node>.dq2: worker/health.py
         "task_soft_time_limit": int(visibility * 0.8),
         "task_time_limit": int(visibility * 0.9),
         "worker_hijack_root_logger": False,

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from core.errors import PermanentError
-from core.events import parse_event, redact_event, with_output
+from core.events import parse_event, redact_event, safe_text, with_output
 from tests.support import task_events as te
 
 SIGNED = "https://dashscope-result-bj.oss-cn-beijing.aliyuncs.com/r/1.json?Expires=1&Signature=s"
@@ -83,3 +83,58 @@ def test_entry_repr_hides_signed_link() -> None:
     """The repr of a result entry never shows the signed transcription_url."""
     event = parse_event(te.event("t7", "fun-asr", te.batch_output("t7", [te.ok(SIGNED)])))
     assert "Signature" not in repr(event)
+
+
+@pytest.mark.parametrize("status", ["CANCELED", "UNKNOWN"])
+def test_canceled_and_unknown_are_finished_without_results(status: str) -> None:
+    """CANCELED and UNKNOWN tasks carry no results and need no query: empty entries, not None."""
+    event = parse_event(te.event("t8", "fun-asr", None, status=status))
+    assert (event.task_status, event.entries) == (status, ())
+
+
+def test_malformed_times_are_never_read() -> None:
+    """The documentation's malformed times (and junk in their place) do not stop parsing."""
+    document = json.loads(te.event("t9", "fun-asr", te.batch_output("t9", [te.ok(SIGNED)])))
+    document.update(time="2023-1-25T01:45:16.969Z", aliyunpublishtime="2020-11-19T21:04:42.179PRC")
+    document["data"].update(start_time=17, end_time={"x": 1})
+    event = parse_event(json.dumps(document).encode())
+    assert event.entries is not None and len(event.entries) == 1
+
+
+def test_lone_surrogates_become_encodable_text() -> None:
+    """Lone surrogates in the id, model, codes and URLs come out as escape text, UTF-8-safe."""
+    output = te.batch_output("t10", [{**te.failed(), "code": "C\ud800", "message": "\udfff"}])
+    document = json.loads(te.event("t10", "paraformer-v2", output, event_id="e\ud800"))
+    document["data"]["user_api_unique_key"] += "\udc00"
+    event = parse_event(json.dumps(document).encode())
+    assert (event.event_id, event.model) == ("e\\ud800", "paraformer-v2\\udc00")
+    assert event.entries is not None
+    assert (event.entries[0].code, event.entries[0].message) == ("C\\ud800", "\\udfff")
+    for text in (event.event_id, event.model, event.entries[0].code, event.entries[0].file_url):
+        assert text is not None
+        text.encode()
+
+
+def test_redacted_event_keeps_lone_surrogates_as_escapes() -> None:
+    """event.json of a body with lone surrogates is valid UTF-8 and reads back the same."""
+    document = {"id": "\ud800", "data": {"task_id": "t11", "k\udfff": ["\\\ud800", "é"]}}
+    redacted = redact_event(
+        json.dumps(document, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    )
+    assert json.loads(redacted.decode("utf-8")) == document
+    assert "é" in redacted.decode("utf-8")
+
+
+def test_safe_text_leaves_valid_text_alone() -> None:
+    """Valid text (ASCII or not) is returned unchanged; only lone surrogates are escaped."""
+    assert safe_text("Grüße 😀") == "Grüße 😀"
+    assert safe_text("a\ud800b") == "a\\ud800b"
+    assert safe_text(5) == "5"
+
+
+def test_event_without_status_or_result_still_needs_query() -> None:
+    """No task_status and no result: status UNKNOWN for the record, entries None (query it)."""
+    document = json.loads(te.event("t12", "fun-asr", None))
+    del document["data"]["task_status"]
+    event = parse_event(json.dumps(document).encode())
+    assert (event.task_status, event.entries) == ("UNKNOWN", None)

@@ -92,11 +92,6 @@ def test_webhook_accepts_results_free_events(
     assert redis_client.llen("archive") == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="webhook/ accepts verified image/video events; the outside contract wants "
-    "200 ignored with reason not_transcription (to be fixed in webhook/, not here)",
-)
 def test_webhook_ignores_foreign_events(
     make_sandbox: Callable[..., Sandbox],
     webhook_server: BaseWSGIServer,

@@ -4,7 +4,9 @@ Written from `docs/eventbridge-signature.md` alone: the string-to-sign is spelle
 line by line, v2 signs it with RSA PKCS#1 v1.5 / SHA-256, and v1 pads a one-time secret with
 PKCS#1 v1.5 type 1 and applies the raw RSA private operation (textbook ``m^d mod n``), then
 HMAC-SHA1s the string with it. :class:`CertificateHost` serves the signing certificate over
-HTTPS from a thread and records every request path, so tests can assert "never fetched".
+HTTPS from a thread and records every request path, so tests can assert "never fetched";
+:class:`ConnectProxy` tunnels HTTPS for real EventBridge host names to it, so the production
+region rule is tested with a real fetch and no network.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ import hashlib
 import hmac
 import ipaddress
 import os
+import select
+import socket
+import socketserver
 import ssl
 import threading
 import time
@@ -44,8 +49,14 @@ class Identity:
         )
 
 
-def make_identity(common_name: str = "eventbridge-test", *, tls_ip: str | None = None) -> Identity:
-    """A fresh 2048-bit key and a self-signed certificate; ``tls_ip`` adds an IP SAN (a CA cert)."""
+def make_identity(
+    common_name: str = "eventbridge-test",
+    *,
+    tls_ip: str | None = None,
+    dns_names: tuple[str, ...] = (),
+) -> Identity:
+    """A fresh 2048-bit key and a self-signed certificate; ``tls_ip`` adds an IP SAN and
+    ``dns_names`` DNS SANs (a CA certificate, for a TLS server)."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = dt.datetime.now(dt.UTC)
@@ -61,8 +72,9 @@ def make_identity(common_name: str = "eventbridge-test", *, tls_ip: str | None =
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
     )
     if tls_ip is not None:
-        san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(tls_ip))])
-        builder = builder.add_extension(san, False)
+        names: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address(tls_ip))]
+        names += [x509.DNSName(name) for name in dns_names]
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), False)
     certificate = builder.sign(key, hashes.SHA256())
     return Identity(key, certificate.public_bytes(serialization.Encoding.PEM))
 
@@ -143,11 +155,12 @@ class Route:
 class CertificateHost:
     """An HTTPS server thread on 127.0.0.1 answering registered paths; records request paths.
 
-    ``ca_file`` is the PEM to trust (set ``SSL_CERT_FILE`` to it for the webhook's client).
+    ``ca_file`` is the PEM to trust (set ``SSL_CERT_FILE`` to it for the webhook's client);
+    its TLS certificate also names ``dns_names`` (reached through a :class:`ConnectProxy`).
     """
 
-    def __init__(self, directory: Path) -> None:
-        tls = make_identity("127.0.0.1", tls_ip="127.0.0.1")
+    def __init__(self, directory: Path, dns_names: tuple[str, ...] = ()) -> None:
+        tls = make_identity("127.0.0.1", tls_ip="127.0.0.1", dns_names=dns_names)
         self.ca_file = directory / "tls-ca.pem"
         key_file = directory / "tls-key.pem"
         self.ca_file.write_bytes(tls.certificate_pem)
@@ -194,3 +207,61 @@ class CertificateHost:
                 pass
 
         return Handler
+
+
+class ConnectProxy:
+    """An HTTP ``CONNECT`` proxy on 127.0.0.1 that tunnels every request to ``upstream_port``.
+
+    Set ``HTTPS_PROXY`` to :attr:`url` and a client asking for ``https://any.host/`` reaches the
+    local HTTPS server, which must present a certificate for that name. ``targets`` records each
+    ``CONNECT`` target (``host:port``), so tests can assert "never fetched".
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self.targets: list[str] = []
+        proxy = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                client: socket.socket = self.request
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = client.recv(4096)
+                    if not chunk:
+                        return
+                    head += chunk
+                proxy.targets.append(head.split(b" ")[1].decode())
+                with socket.create_connection(("127.0.0.1", upstream_port)) as upstream:
+                    client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    _pipe(client, upstream)
+
+        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:<port>``, for ``HTTPS_PROXY``."""
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> ConnectProxy:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _pipe(a: socket.socket, b: socket.socket) -> None:
+    """Copy bytes both ways between ``a`` and ``b`` until either side closes."""
+    peers = {a: b, b: a}
+    while True:
+        readable, _, _ = select.select(list(peers), [], [], 10)
+        if not readable:
+            return
+        for sock in readable:
+            data = sock.recv(65536)
+            if not data:
+                return
+            peers[sock].sendall(data)

@@ -14,12 +14,27 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from core.settings import Settings, load_settings
-from tests.support.eventbridge_signer import CertificateHost, Identity, Route, Signer, make_identity
+from tests.support.eventbridge_signer import (
+    CertificateHost,
+    ConnectProxy,
+    Identity,
+    Route,
+    Signer,
+    make_identity,
+)
 from webhook import create_app
 
 TARGET_URL = "https://hooks.example.test/callbacks/eventbridge"
 CERT_PATH = "/certs/eventbridge.pem"
 FINISH = "dashscope:System:AsyncTaskFinish"
+ACCOUNT_ID = "1234567890123456"
+# Real EventBridge certificate hosts (docs/eventbridge-signature.md), served locally through
+# a CONNECT proxy: the official SDK's test vector host, the documented accelerate host, and a
+# bucket anyone could register.
+SDK_VECTOR_HOST = "cn-hangzhou-eventbridge.oss-cn-hangzhou.aliyuncs.com"
+ACCELERATE_HOST = "cn-hangzhou-eventbridge.oss-accelerate.aliyuncs.com"
+EVIL_HOST = "evil-eventbridge.oss-cn-hangzhou.aliyuncs.com"
+SDK_VECTOR_PATH = "/x509_public_certificate_2021012101.pem"
 
 
 def event_body(task_id: str | None = None, *, event_type: str = FINISH, **data: Any) -> bytes:
@@ -35,9 +50,17 @@ def event_body(task_id: str | None = None, *, event_type: str = FINISH, **data: 
         "source": "acs.dashscope",
         "specversion": "1.0",
         "type": event_type,
+        "aliyunaccountid": ACCOUNT_ID,
         "data": payload,
     }
     return json.dumps(envelope, separators=(",", ":")).encode()
+
+
+def envelope_body(body: bytes, **fields: Any) -> bytes:
+    """``body`` (an event) with envelope ``fields`` replaced (None removes one)."""
+    document = json.loads(body)
+    document.update(fields)
+    return json.dumps({k: v for k, v in document.items() if v is not None}).encode()
 
 
 def archive_messages(client: redis.Redis) -> list[dict[str, Any]]:
@@ -81,6 +104,35 @@ def cert_host(
     cert_host_session.routes = {CERT_PATH: Route(identity.certificate_pem)}
     monkeypatch.setenv("SSL_CERT_FILE", str(cert_host_session.ca_file))
     return cert_host_session
+
+
+@pytest.fixture(scope="session")
+def aliyun_cert_host(
+    tmp_path_factory: pytest.TempPathFactory, identity: Identity
+) -> Iterator[CertificateHost]:
+    """An HTTPS host whose TLS certificate names the real EventBridge certificate hosts."""
+    host = CertificateHost(
+        tmp_path_factory.mktemp("aliyun-tls"),
+        dns_names=(SDK_VECTOR_HOST, ACCELERATE_HOST, EVIL_HOST),
+    ).start()
+    yield host
+    host.stop()
+
+
+@pytest.fixture
+def aliyun_proxy(
+    aliyun_cert_host: CertificateHost, identity: Identity, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[ConnectProxy]:
+    """``HTTPS_PROXY`` tunnelling every host to ``aliyun_cert_host`` (serving the certificate)."""
+    aliyun_cert_host.requests.clear()
+    aliyun_cert_host.routes = {SDK_VECTOR_PATH: Route(identity.certificate_pem)}
+    proxy = ConnectProxy(aliyun_cert_host.port).start()
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+    monkeypatch.setenv("SSL_CERT_FILE", str(aliyun_cert_host.ca_file))
+    yield proxy
+    proxy.stop()
 
 
 def cert_url_regex(host: CertificateHost) -> str:

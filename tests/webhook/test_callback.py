@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from flask.testing import FlaskClient
 from structlog.testing import capture_logs
 
@@ -16,10 +20,30 @@ from core.queues import ARCHIVE_TASK
 from core.settings import Settings
 from core.store import PENDING_KEY, ReceiptStore
 from tests.support.eventbridge_signer import CertificateHost, Identity, Route, Signer
-from tests.webhook.conftest import CERT_PATH, TARGET_URL, archive_messages, changed, event_body
+from tests.webhook.conftest import (
+    ACCOUNT_ID,
+    CERT_PATH,
+    TARGET_URL,
+    archive_messages,
+    changed,
+    envelope_body,
+    event_body,
+)
 from webhook import create_app
 
 CALLBACK = "/callbacks/eventbridge"
+
+
+DASHSCOPE_FINISH = b'{"source": "acs.dashscope", "type": "dashscope:System:AsyncTaskFinish"'
+
+
+def spki_sha256(identity: Identity) -> str:
+    """Hex SHA-256 of the DER SubjectPublicKeyInfo of ``identity``'s certificate (openssl-style)."""
+    certificate = x509.load_pem_x509_certificate(identity.certificate_pem)
+    der = certificate.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()
 
 
 def post(client: FlaskClient, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str]]:
@@ -70,11 +94,117 @@ def test_repeat_is_duplicate(
 def test_other_event_type_is_ignored(
     client: FlaskClient, signer: Signer, redis_client: redis.Redis
 ) -> None:
-    """A verified event of another type answers ignored and stores nothing."""
+    """A verified event of another type answers ignored (other_type) and stores nothing."""
     body = event_body("task-3", event_type="dashscope:System:SomethingElse")
     status, answer = post(client, body, signer.headers(body))
-    assert (status, answer["status"]) == (200, "ignored")
+    assert (status, answer) == (200, {"status": "ignored", "reason": "other_type"})
     assert nothing_stored(redis_client)
+
+
+@pytest.mark.parametrize(
+    "api_key",
+    [
+        "apikey:v1:aigc:image-generation:wanx2.1-t2i-turbo",
+        "apikey:v1:aigc:video-generation:wan2.2-t2v-plus",
+        "apikey:v1:audio:asr:transcription:qwen3-asr-flash",
+        "apikey:v1:audio:asr:transcription:fun-asr-flash-8k",
+        "",
+    ],
+)
+def test_non_transcription_model_is_ignored(
+    client: FlaskClient, signer: Signer, redis_client: redis.Redis, api_key: str
+) -> None:
+    """A verified finish of an image, video or synchronous model: 200 ignored, nothing kept."""
+    body = event_body("task-img", user_api_unique_key=api_key)
+    status, answer = post(client, body, signer.headers(body))
+    assert (status, answer) == (200, {"status": "ignored", "reason": "not_transcription"})
+    assert nothing_stored(redis_client)
+
+
+@pytest.mark.parametrize("task_status", ["SUSPENDED", "RUNNING", "PENDING"])
+def test_unfinished_status_is_not_archived(
+    client: FlaskClient, signer: Signer, redis_client: redis.Redis, task_status: str
+) -> None:
+    """A finish of an unfinished task is ignored, so its real completion is no duplicate."""
+    body = event_body("task-susp", task_status=task_status)
+    status, answer = post(client, body, signer.headers(body))
+    assert (status, answer) == (200, {"status": "ignored", "reason": "not_finished"})
+    assert nothing_stored(redis_client)
+    done = event_body("task-susp")
+    assert post(client, done, signer.headers(done))[1]["status"] == "accepted"
+
+
+@pytest.mark.parametrize("task_status", ["CANCELED", "UNKNOWN", "FAILED", "SUCCEEDED", None])
+def test_finished_statuses_are_accepted(
+    client: FlaskClient, signer: Signer, task_status: str | None
+) -> None:
+    """Every finished status (and a missing one) is stored and enqueued."""
+    body = event_body(f"task-{task_status}", task_status=task_status)
+    assert post(client, body, signer.headers(body))[1]["status"] == "accepted"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"source": "acs.ecs"},
+        {"source": None},
+        {"aliyunaccountid": "9999999999999999"},
+        {"aliyunaccountid": None},
+        {"source": "acs.ecs", "type": "ecs:Instance:StateChange"},
+        {"aliyunaccountid": "9", "data": []},
+    ],
+)
+def test_foreign_events_are_403(
+    settings: Settings, signer: Signer, redis_client: redis.Redis, fields: dict[str, Any]
+) -> None:
+    """Another source, or an account outside EVENTBRIDGE_ACCOUNT_IDS: 403, nothing stored."""
+    app = create_app(changed(settings, eventbridge_account_ids=ACCOUNT_ID))
+    body = envelope_body(event_body("task-foreign"), **fields)
+    status, answer = post(app.test_client(), body, signer.headers(body))
+    assert (status, answer) == (403, {"error": "foreign_account"})
+    assert nothing_stored(redis_client)
+
+
+def test_any_account_without_account_ids(
+    client: FlaskClient, signer: Signer, redis_client: redis.Redis
+) -> None:
+    """Without EVENTBRIDGE_ACCOUNT_IDS any DashScope account is taken; another source is not."""
+    body = envelope_body(event_body("task-any"), aliyunaccountid="42")
+    assert post(client, body, signer.headers(body))[1]["status"] == "accepted"
+    other = envelope_body(event_body("task-any-2"), source="acs.oss")
+    assert post(client, other, signer.headers(other)) == (403, {"error": "foreign_account"})
+
+
+@pytest.mark.parametrize("version", ["v2", "v1"])
+@pytest.mark.parametrize("token_line", [True, False])
+@pytest.mark.parametrize("newline", [True, False])
+def test_token_line_and_newline_forms_are_accepted(
+    settings: Settings, signer: Signer, version: str, token_line: bool, newline: bool
+) -> None:
+    """Over HTTP, both generations take every token-line and trailing-newline form."""
+    app = create_app(changed(settings, eventbridge_signature_token="tok"))
+    body = event_body()
+    headers = signer.headers(
+        body, version=version, token="tok", token_line=token_line, trailing_newline=newline
+    )
+    assert post(app.test_client(), body, headers)[1]["status"] == "accepted"
+
+
+@pytest.mark.parametrize(
+    "times",
+    [
+        {"time": "2023-1-25T01:45:16.969Z", "aliyunpublishtime": "2020-11-19T21:04:42.179PRC"},
+        {"time": 1700000000, "aliyunpublishtime": None},
+        {"time": {"no": "time"}, "aliyunpublishtime": ""},
+    ],
+)
+def test_malformed_times_never_reject(
+    client: FlaskClient, signer: Signer, times: dict[str, Any]
+) -> None:
+    """The documentation's own malformed times (or none, or junk) never cause a rejection."""
+    data_times = {"start_time": times["time"], "end_time": "2020-11-19T21:04:42.179PRC"}
+    body = envelope_body(event_body(**data_times), **times)
+    assert post(client, body, signer.headers(body))[1]["status"] == "accepted"
 
 
 @pytest.mark.parametrize(
@@ -83,10 +213,11 @@ def test_other_event_type_is_ignored(
         b"not json",
         b"[1, 2]",
         b'"text"',
-        b'{"type": "dashscope:System:AsyncTaskFinish"}',
-        b'{"type": "dashscope:System:AsyncTaskFinish", "data": {"task_id": 7}}',
-        b'{"type": "dashscope:System:AsyncTaskFinish", "data": {"task_id": "../etc"}}',
-        b'{"type": "dashscope:System:AsyncTaskFinish", "data": []}',
+        DASHSCOPE_FINISH + b"}",
+        DASHSCOPE_FINISH + b', "data": {"task_id": 7}}',
+        DASHSCOPE_FINISH + b', "data": {"task_id": "../etc"}}',
+        DASHSCOPE_FINISH + b', "data": {"task_id": "\\ud800"}}',
+        DASHSCOPE_FINISH + b', "data": []}',
         b"\xff\xfe garbage",
         b"[" * 100_000,
     ],
@@ -240,6 +371,51 @@ def test_certificate_fetch_failure_is_503(
     assert nothing_stored(redis_client)
 
 
+def test_flood_naming_a_bad_certificate_fetches_it_once(
+    client: FlaskClient, signer: Signer, cert_host: CertificateHost, redis_client: redis.Redis
+) -> None:
+    """Fifty deliveries naming a failing (pattern-matching) URL: 503 each, one fetch in all."""
+    signer.cert_url = cert_host.url("/certs/gone.pem")
+    for n in range(50):
+        body = event_body(f"task-flood-{n}")
+        assert post(client, body, signer.headers(body)) == (
+            503,
+            {"error": "certificate_unavailable"},
+        )
+    assert cert_host.requests == ["/certs/gone.pem"]
+    assert nothing_stored(redis_client)
+
+
+def test_unpinned_key_is_401_and_counted(
+    settings: Settings, signer: Signer, identity: Identity, redis_client: redis.Redis
+) -> None:
+    """With EVENTBRIDGE_CERT_SHA256 set to another key: 401 untrusted_certificate, key counted."""
+    app = create_app(changed(settings, eventbridge_cert_sha256="ab" * 32))
+    client = app.test_client()
+    for _ in range(2):
+        body = event_body("task-pin")
+        assert post(client, body, signer.headers(body)) == (
+            401,
+            {"error": "untrusted_certificate"},
+        )
+    assert nothing_stored(redis_client)
+    text = client.get("/metrics").get_data(as_text=True)
+    prefix = spki_sha256(identity)[:16]
+    line = f'webhook_certificate_keys_total{{fingerprint="{prefix}",trusted="false"}} 1.0'
+    assert line in text
+
+
+def test_pinned_key_is_accepted(settings: Settings, signer: Signer, identity: Identity) -> None:
+    """With the certificate's key among the pins (colon form too), deliveries are accepted."""
+    pin = spki_sha256(identity).upper()
+    pins = f"{'cd' * 32},{':'.join(pin[i : i + 2] for i in range(0, 64, 2))}"
+    client = create_app(changed(settings, eventbridge_cert_sha256=pins)).test_client()
+    body = event_body("task-pinned")
+    assert post(client, body, signer.headers(body))[1]["status"] == "accepted"
+    text = client.get("/metrics").get_data(as_text=True)
+    assert f'fingerprint="{pin.lower()[:16]}",trusted="true"' in text
+
+
 def test_broker_down_releases_claim(
     settings: Settings, signer: Signer, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
@@ -265,14 +441,18 @@ def test_redis_down_is_503(settings: Settings, signer: Signer, tmp_path: Path) -
     )
 
 
-def test_public_url_defaults_to_request_url(
-    settings: Settings, identity: Identity, cert_host: CertificateHost
+@pytest.mark.parametrize("host", ["attacker.example", "hooks.example.test"])
+def test_host_header_never_enters_the_string_to_sign(
+    client: FlaskClient, identity: Identity, cert_host: CertificateHost, host: str
 ) -> None:
-    """Without WEBHOOK_PUBLIC_URL the string-to-sign uses the URL the request arrived at."""
-    app = create_app(changed(settings, webhook_public_url=None))
+    """Signed for the URL the request's Host names, not WEBHOOK_PUBLIC_URL: 401 bad_signature."""
     body = event_body()
-    signer = Signer(identity, cert_host.url(CERT_PATH), "http://localhost/callbacks/eventbridge")
-    assert post(app.test_client(), body, signer.headers(body))[0] == 200
+    forged = Signer(identity, cert_host.url(CERT_PATH), f"http://{host}/callbacks/eventbridge")
+    response = client.post(CALLBACK, data=body, headers={**forged.headers(body), "Host": host})
+    assert (response.status_code, response.get_json()) == (401, {"error": "bad_signature"})
+    signed = Signer(identity, cert_host.url(CERT_PATH), TARGET_URL)
+    response = client.post(CALLBACK, data=body, headers={**signed.headers(body), "Host": host})
+    assert response.status_code == 200
 
 
 def test_one_canonical_log_line_without_secrets(

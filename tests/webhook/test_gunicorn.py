@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -13,7 +17,7 @@ import redis
 
 from asr_ingest.embedded import EmbeddedRedis
 from asr_ingest.stack import Child, Stack
-from asr_ingest.starters import free_port, webhook_spec
+from asr_ingest.starters import free_port, script, webhook_spec
 from core.store import PENDING_KEY
 from tests.support.eventbridge_signer import CertificateHost, Signer
 from tests.webhook.conftest import TARGET_URL, archive_messages, cert_url_regex, event_body
@@ -121,3 +125,71 @@ def test_redis_stopped_then_back(
     assert (retried.status_code, retried.json()["status"]) == (200, "accepted")
     assert sorted(m["args"][0] for m in archive_messages(client)) == ["before", "during"]
     client.close()
+
+
+def raw_exchange(url: str, request: bytes, *, half_close: bool = False) -> bytes:
+    """Send ``request`` bytes over one TCP connection and read the answer until it closes."""
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(request)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+            if b"\r\n\r\n" in answer and answer.rstrip().endswith(b"}"):
+                break
+    return answer
+
+
+def chunked_request(body_chunks: bytes, signer: Signer, body: bytes) -> bytes:
+    """A POST with ``Transfer-Encoding: chunked`` whose framing is ``body_chunks`` as given."""
+    head = "POST /callbacks/eventbridge HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    head += "Transfer-Encoding: chunked\r\nContent-Type: application/json\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in signer.headers(body).items())
+    return head.encode() + b"\r\n" + body_chunks
+
+
+@pytest.mark.parametrize(
+    ("framing", "half_close"),
+    [
+        (lambda body: b"zz\r\n" + body + b"\r\n0\r\n\r\n", False),  # bad chunk size
+        (lambda body: b"%x\r\n" % (len(body) + 100) + body, True),  # truncated, then EOF
+        (lambda body: b"%x\r\n" % len(body) + body + b"XX0\r\n\r\n", False),  # no CRLF
+    ],
+    ids=["bad-size", "truncated", "no-terminator"],
+)
+def test_malformed_chunked_body_is_400(
+    start_webhook: StartWebhook,
+    redis_url: str,
+    redis_client: redis.Redis,
+    signer: Signer,
+    framing: Callable[[bytes], bytes],
+    half_close: bool,
+) -> None:
+    """Broken chunk framing is client garbage: 400 bad_request, never a 5xx, nothing stored."""
+    web = start_webhook(redis_url)
+    body = event_body("task-chunk")
+    answer = raw_exchange(
+        web.spec.url, chunked_request(framing(body), signer, body), half_close=half_close
+    )
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.split(b" ")[1] == b"400", answer
+    assert rest.endswith(b'{"error":"bad_request"}\n'), answer
+    assert not redis_client.keys("asr:receipt:*")
+    metrics = httpx.get(f"{web.spec.url}/metrics").text
+    assert 'webhook_deliveries_total{outcome="rejected",reason="bad_request"} 1.0' in metrics
+
+
+def test_gunicorn_without_public_url_stops_with_one_line(tmp_path: Path) -> None:
+    """Without WEBHOOK_PUBLIC_URL gunicorn stops ("App failed to load"), naming the variable
+    in one line of its own, and no traceback."""
+    env = {k: v for k, v in os.environ.items() if k != "WEBHOOK_PUBLIC_URL"}
+    argv = [script("gunicorn"), "webhook.wsgi:app", "--bind", f"127.0.0.1:{free_port()}"]
+    done = subprocess.run(
+        argv, env={**env, "LOG_FORMAT": "json"}, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode != 0
+    ours = [line for line in done.stderr.splitlines() if "WEBHOOK_PUBLIC_URL" in line]
+    assert len(ours) == 1 and ours[0].startswith("asr-ingest webhook: configuration error:")
+    assert "Traceback" not in done.stderr

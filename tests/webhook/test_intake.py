@@ -14,11 +14,11 @@ from core.broker import publisher
 from core.settings import broker_url_for, load_settings
 from core.store import PENDING_KEY, ReceiptStore
 from tests.webhook.conftest import archive_messages
+from webhook.admission import Envelope
 from webhook.errors import BrokerUnavailable
-from webhook.events import Event
 from webhook.intake import PublishingIntake, archive_publisher
 
-EVENT = Event(type="dashscope:System:AsyncTaskFinish", event_id="e-1", task_id="t-1", model="m")
+EVENT = Envelope(type="dashscope:System:AsyncTaskFinish", event_id="e-1", task_id="t-1", model="m")
 
 
 def store_for(server: EmbeddedRedis) -> ReceiptStore:

@@ -22,8 +22,8 @@ from tests.support.eventbridge_signer import Signer
 from tests.support.result_server import ResultServer
 from tests.webhook.conftest import archive_messages, changed
 from webhook import create_app
+from webhook.admission import Envelope
 from webhook.errors import StoreUnavailable
-from webhook.events import Event
 from webhook.intake import AtomicIntake, PublishingIntake
 from webhook.messages import ArchiveMessages, broker_is_redis_store
 from webhook.views import EXTENSION
@@ -160,7 +160,7 @@ def test_redis_down_stores_and_pushes_nothing(private_redis: EmbeddedRedis) -> N
     settings = load_settings(redis_url=private_redis.url)
     client = redis.Redis.from_url(private_redis.url, socket_timeout=1, socket_connect_timeout=1)
     intake = AtomicIntake(ReceiptStore(client, 600), ArchiveMessages(publisher(settings)))
-    event = Event(type="dashscope:System:AsyncTaskFinish", event_id="e", task_id="t-d", model="")
+    event = Envelope(type="dashscope:System:AsyncTaskFinish", event_id="e", task_id="t-d", model="")
     private_redis.stop()
     with pytest.raises(StoreUnavailable):
         intake.take(event, b"{}")

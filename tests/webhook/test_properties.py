@@ -34,11 +34,27 @@ NAMES = [
 ]
 header_text = st.text(st.characters(min_codepoint=32, max_codepoint=255, exclude_characters="\x7f"))
 base64_text = st.binary(max_size=300).map(lambda b: base64.b64encode(b).decode())
+# Text with lone surrogates now and then ("\ud800"): JSON admits their escapes.
+any_text = st.text(
+    st.one_of(st.characters(), st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF))
+)
+envelopes = st.fixed_dictionaries(
+    {
+        "type": st.one_of(st.just(FINISH), any_text),
+        "source": st.one_of(st.just("acs.dashscope"), any_text),
+    },
+    optional={"id": any_text, "aliyunaccountid": any_text},
+)
+data_fields = st.dictionaries(
+    st.sampled_from(["task_id", "user_api_unique_key", "task_status", "contain_result", "x"]),
+    st.one_of(any_text, st.just("paraformer-v2"), st.just("t-1"), st.integers(), st.none()),
+)
 bodies = st.one_of(
     st.binary(max_size=2000),
     st.builds(
-        lambda data: json.dumps({"type": FINISH, "id": "e", "data": data}).encode(),
-        st.dictionaries(st.sampled_from(["task_id", "user_api_unique_key", "x"]), st.text()),
+        lambda envelope, data: json.dumps({**envelope, "data": data}).encode(),
+        envelopes,
+        data_fields,
     ),
 )
 
@@ -101,9 +117,10 @@ def test_tampered_deliveries_never_enqueue(
 def test_signed_random_bodies_never_5xx(
     client: FlaskClient, signer: Signer, redis_client: redis.Redis, body: bytes, version: str
 ) -> None:
-    """Validly signed arbitrary bodies get 200 or 400; every accepted one is one archive message."""
+    """Validly signed arbitrary bodies (lone surrogates too) get 200, 400 or 403, never a 5xx;
+    every accepted one is one archive message."""
     before = redis_client.llen("archive")
     response = client.post(CALLBACK, data=body, headers=signer.headers(body, version=version))
-    assert response.status_code in (200, 400), response.get_data()
+    assert response.status_code in (200, 400, 403), response.get_data()
     status = (response.get_json() or {}).get("status")
     assert redis_client.llen("archive") == before + (1 if status == "accepted" else 0)

@@ -33,7 +33,12 @@ class RecordingStream:
 
 def test_wsgi_entrypoint_freezes_startup_objects() -> None:
     """Importing ``webhook.wsgi`` builds the app, then moves its objects out of the GC's reach."""
-    env = {**os.environ, "REDIS_URL": "redis://127.0.0.1:1/0", "LOG_FORMAT": "json"}
+    env = {
+        **os.environ,
+        "REDIS_URL": "redis://127.0.0.1:1/0",
+        "WEBHOOK_PUBLIC_URL": "https://hooks.example.test/callbacks/eventbridge",
+        "LOG_FORMAT": "json",
+    }
     code = "import gc, webhook.wsgi; print(gc.get_freeze_count())"
     done = subprocess.run(
         [sys.executable, "-c", code], env=env, cwd=REPO_ROOT, capture_output=True, check=True

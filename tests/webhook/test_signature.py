@@ -50,43 +50,43 @@ def verify(headers: dict[str, str], keys: Keys, *, body: bytes = BODY, **kw: obj
     return verify_delivery(headers, body, keys=keys, **options)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("version", ["v2", "v1"])
 @pytest.mark.parametrize("newline", [True, False])
 @pytest.mark.parametrize("token_line", [True, False])
-def test_v2_accepts_every_documented_variant(
-    sign: Signer, keys: Keys, newline: bool, token_line: bool
+def test_every_documented_variant_verifies(
+    sign: Signer, keys: Keys, version: str, newline: bool, token_line: bool
 ) -> None:
-    """v2 verifies with or without trailing newline and with or without the token line."""
+    """v1 and v2 verify with or without the trailing newline and with or without the token line."""
     headers = sign.headers(
-        BODY, timestamp_ms=NOW_MS, token="tok", token_line=token_line, trailing_newline=newline
+        BODY,
+        version=version,
+        timestamp_ms=NOW_MS,
+        token="tok",
+        token_line=token_line,
+        trailing_newline=newline,
     )
-    assert verify(headers, keys, token="tok") == "v2"
+    assert verify(headers, keys, token="tok") == version
 
 
+@pytest.mark.parametrize("version", ["v2", "v1"])
 @pytest.mark.parametrize("newline", [True, False])
-def test_v2_without_token_header(sign: Signer, keys: Keys, newline: bool) -> None:
-    """v2 without any token header verifies in both newline forms."""
-    headers = sign.headers(BODY, timestamp_ms=NOW_MS, trailing_newline=newline)
-    assert verify(headers, keys) == "v2"
+def test_without_token_header(sign: Signer, keys: Keys, version: str, newline: bool) -> None:
+    """Without any token header both generations verify in both newline forms."""
+    headers = sign.headers(BODY, version=version, timestamp_ms=NOW_MS, trailing_newline=newline)
+    assert verify(headers, keys) == version
 
 
+@pytest.mark.parametrize("version", ["v2", "v1"])
 @pytest.mark.parametrize("newline", [True, False])
-@pytest.mark.parametrize("token", [None, "tok"])
-def test_v1_accepts_both_newline_forms(
-    sign: Signer, keys: Keys, newline: bool, token: str | None
+def test_empty_token_line_without_header_verifies(
+    sign: Signer, keys: Keys, version: str, newline: bool
 ) -> None:
-    """v1 (recovered secret + HMAC-SHA1) verifies with or without the trailing newline."""
+    """An empty token line signed although no token header is sent (the SDK's first commit)."""
     headers = sign.headers(
-        BODY, version="v1", timestamp_ms=NOW_MS, token=token, trailing_newline=newline
+        BODY, version=version, timestamp_ms=NOW_MS, token="", trailing_newline=newline
     )
-    assert verify(headers, keys, token=token) == "v1"
-
-
-def test_v1_requires_token_line_when_token_sent(sign: Signer, keys: Keys) -> None:
-    """v1 always signs the token line when the header is present; omitting it fails."""
-    headers = sign.headers(BODY, version="v1", timestamp_ms=NOW_MS, token="t", token_line=False)
-    with pytest.raises(SignatureError) as caught:
-        verify(headers, keys)
-    assert caught.value.reason == "bad_signature"
+    del headers["X-Eventbridge-Signature-Token"]
+    assert verify(headers, keys) == version
 
 
 def test_header_names_any_case(sign: Signer, keys: Keys) -> None:
@@ -109,10 +109,17 @@ def test_string_to_sign_layout() -> None:
         b"x-eventbridge-signature-version: 1.0\nx-eventbridge-signature-url: u\n"
     )
     token = b"x-eventbridge-signature-token: k\n"
+    expected = [head + b"B\n", head + token + b"B\n", head + b"B", head + token + b"B"]
     got = strings_to_sign(headers, b"B", target_url="T", generation="v2")
-    assert sorted(got) == sorted(
-        [head + b"B\n", head + token + b"B\n", head + b"B", head + token + b"B"]
-    )
+    assert sorted(got) == sorted(expected)
+    v1_headers = {**headers, "x-eventbridge-signature-method": "HMAC-SHA1"}
+    del v1_headers["x-eventbridge-hash-method"]
+    v1 = strings_to_sign(v1_headers, b"B", target_url="T", generation="v1")
+    v1_expected = [
+        c.replace(b"hash-method: SHA256", b"signature-method: HMAC-SHA1") for c in expected
+    ]
+    assert sorted(v1) == sorted(v1_expected)
+    assert v1[0] == v1_expected[1]  # v1 signs the token line (the SDK): tried first
 
 
 @pytest.mark.parametrize(

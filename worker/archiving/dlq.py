@@ -36,10 +36,15 @@ class DeadLetter:
 
 
 class DeadLetters:
-    """Add, list, read and remove dead letters. Redis errors propagate."""
+    """Add, list, read and remove dead letters. Redis errors propagate.
 
-    def __init__(self, client: redis.Redis) -> None:
+    ``key`` names the list (default the archive's, ``asr:dlq``; its index is ``<key>:index``):
+    notifications keep theirs apart under ``asr:notify:dlq``.
+    """
+
+    def __init__(self, client: redis.Redis, *, key: str = DLQ_KEY) -> None:
         self._redis = client
+        self._key, self._index = key, f"{key}:index"
 
     def add(
         self, task_id: str, reason: str, attempts: int, last_error: str, *, now: float | None = None
@@ -53,29 +58,29 @@ class DeadLetters:
             failed_at=time.time() if now is None else now,
         )
         pipe = self._redis.pipeline(transaction=True)
-        pipe.hset(DLQ_KEY, task_id, json.dumps(asdict(letter)))
-        pipe.zadd(DLQ_INDEX_KEY, {task_id: letter.failed_at})
+        pipe.hset(self._key, task_id, json.dumps(asdict(letter)))
+        pipe.zadd(self._index, {task_id: letter.failed_at})
         pipe.execute()
         return letter
 
     def get(self, task_id: str) -> DeadLetter | None:
         """The dead letter of ``task_id``, or None."""
-        raw = cast("bytes | None", self._redis.hget(DLQ_KEY, task_id))
+        raw = cast("bytes | None", self._redis.hget(self._key, task_id))
         return DeadLetter(**json.loads(raw)) if raw else None
 
     def list(self) -> list[DeadLetter]:
         """Every dead letter, oldest failure first."""
-        ids = cast("list[bytes]", self._redis.zrange(DLQ_INDEX_KEY, 0, -1))
+        ids = cast("list[bytes]", self._redis.zrange(self._index, 0, -1))
         if not ids:
             return []
-        raws = cast("list[bytes | None]", self._redis.hmget(DLQ_KEY, ids))
+        raws = cast("list[bytes | None]", self._redis.hmget(self._key, ids))
         return [DeadLetter(**json.loads(raw)) for raw in raws if raw]
 
     def remove(self, task_id: str) -> bool:
         """Delete the dead letter of ``task_id``; True when there was one."""
         pipe = self._redis.pipeline(transaction=True)
-        pipe.hdel(DLQ_KEY, task_id)
-        pipe.zrem(DLQ_INDEX_KEY, task_id)
+        pipe.hdel(self._key, task_id)
+        pipe.zrem(self._index, task_id)
         removed, _ = pipe.execute()
         return bool(removed)
 

@@ -18,7 +18,7 @@ import structlog
 from celery import Task, shared_task
 
 from core.errors import PermanentError
-from core.queues import ARCHIVE_QUEUE, ARCHIVE_SWEEP_TASK, ARCHIVE_TASK
+from core.queues import ARCHIVE_QUEUE, ARCHIVE_SWEEP_TASK, ARCHIVE_TASK, NOTIFY_TASK
 from worker import metrics
 from worker.archiving.dlq import DeadLetters
 from worker.archiving.service import ArchiveService, RetryLater, build_service
@@ -58,10 +58,18 @@ def _archive(task: Task, task_id: str, replay: bool) -> str:
         return "dead"
     retries = task.request.retries
     try:
-        return archiving.archive(task_id, attempt=retries + 1, replay=replay)
+        outcome = archiving.archive(task_id, attempt=retries + 1, replay=replay)
     except RetryLater as again:
         countdown = archiving.backoff_seconds(retries)
         raise task.retry(exc=again.error, countdown=countdown) from again.error
+    if outcome in ANNOUNCED and task.app.settings.notify_url:
+        task.app.send_task(NOTIFY_TASK, args=[task_id], queue=ARCHIVE_QUEUE)
+    return outcome
+
+
+ANNOUNCED = frozenset({"archived", "already_archived", "dead"})
+"""Outcomes after which a manifest may exist: announce it (``asr_ingest.notify`` skips tasks
+without a manifest and tasks already announced)."""
 
 
 @shared_task(bind=True, name=ARCHIVE_SWEEP_TASK, queue=ARCHIVE_QUEUE, ignore_result=True)  # type: ignore[untyped-decorator]  # Celery is untyped
