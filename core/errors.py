@@ -81,6 +81,9 @@ class Reason(StrEnum):
     NO_API_KEY = "no_api_key"
     NOT_OURS = "not_ours"
     ALREADY_RESUBMITTED = "already_resubmitted"
+    SUBMIT_UNCERTAIN = "submit_uncertain"  # a submit whose answer was lost: resolve, not retry
+    ACCOUNT_BLOCKED = "account_blocked"  # Arrearage / Throttling.AllocationQuota: breaker opens
+    BATCH_DEFERRED = "batch_deferred"  # a batch waits (breaker open, resolution, lock)
     # notifications
     NOTIFY_UNAVAILABLE = "notify_unavailable"
     NOTIFY_REJECTED = "notify_rejected"

@@ -185,6 +185,14 @@ class Settings(BaseSettings):
     )
     dashscope_workspace: str | None = None
     dashscope_query_qps: float = Field(10, gt=0, le=20)
+    # Submission trust (worker.submission): how far back reconciliation lists the account's
+    # tasks (s; DashScope keeps finished tasks about 24 h, and one list window is at most 24 h);
+    # how long after an unanswered submit its task may still appear in the list (s) before the
+    # batch is submitted again; how often a paused account is probed (s); one request's timeout.
+    reconcile_lookback_seconds: int = Field(86_400, ge=60, le=86_400)
+    submit_uncertain_settle_seconds: float = Field(120.0, gt=0)
+    dashscope_breaker_probe_seconds: float = Field(60.0, gt=0)
+    dashscope_timeout_seconds: float = Field(30.0, gt=0)
 
     # Archiving faults. A result download must average at least this many bytes per second
     # once RESULT_TIMEOUT_SECONDS have passed: its total deadline is

@@ -8,7 +8,9 @@ A *receipt* is one task's stored event. Keys (``asr:`` prefix, all expire after
     ``received_at``  receipt time, seconds since the epoch (float, as text)
     ``event_id``     the CloudEvents ``id`` ("" when unknown)
     ``model``        the model named by ``data.user_api_unique_key`` ("" when unknown)
-    ``source``       ``eventbridge`` or ``reconciled``
+    ``source``       ``eventbridge`` or ``reconciliation`` (the contract's manifest ``source``;
+                     receipts stored before the rename say ``reconciled`` and load as
+                     ``reconciliation``)
     ``state``        see below
 
 ``asr:receipts:pending`` (sorted set, member task_id, score received_at)
@@ -53,7 +55,8 @@ OPEN_KEY = "asr:receipts:open"
 FINAL_STATES = frozenset({"archived", "dead"})
 
 ReceiptState = Literal["received", "enqueued", "archiving", "archived", "dead"]
-ReceiptSource = Literal["eventbridge", "reconciled"]
+ReceiptSource = Literal["eventbridge", "reconciliation"]
+_LEGACY_SOURCES = {"reconciled": "reconciliation"}
 
 # KEYS[1] receipt hash, KEYS[2] pending set, KEYS[3] open set;
 # ARGV: body, received_at, event_id, model, source, ttl seconds, task_id.
@@ -212,7 +215,7 @@ class ReceiptStore:
             received_at=float(text.get("received_at", "0")),
             event_id=text.get("event_id", ""),
             model=text.get("model", ""),
-            source=text.get("source", "eventbridge"),
+            source=_LEGACY_SOURCES.get(text.get("source", ""), text.get("source", "eventbridge")),
             state=text.get("state", "received"),
         )
 

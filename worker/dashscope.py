@@ -1,4 +1,4 @@
-"""A small DashScope REST client for file transcription: submit a task, query a task.
+"""A small DashScope REST client for file transcription: submit, query and list tasks.
 
 Protocol facts come from `docs/dashscope-transcription.md`:
 
@@ -6,20 +6,29 @@ Protocol facts come from `docs/dashscope-transcription.md`:
   ``X-DashScope-Async: enable`` (required) and optionally ``X-DashScope-WorkSpace``; body
   ``{"model", "input", "parameters"}`` where Fun-ASR and Paraformer take ``input.file_urls``
   (a list, at most 100) and Qwen3-ASR-Flash-Filetrans takes ``input.file_url`` (one string);
-  ``parameters`` is always sent, even ``{}`` ("Submitting a task").
-- query: ``GET {base}/tasks/{task_id}`` ("Querying a task"), 20 QPS per account: callers pace
-  it with :func:`worker.ratelimit.query_limiter`; submissions with
+  ``parameters`` is always sent, even ``{}`` ("Submitting a task"). ``{base}`` is a region or a
+  workspace endpoint (``https://{ws}.{region}.maas.aliyuncs.com/api/v1``): paths are relative.
+- query: ``GET {base}/tasks/{task_id}`` ("Querying a task"); list: ``GET {base}/tasks`` with
+  ``start_time``/``end_time`` (``YYYYMMDDhhmmss``, China time, at most 24 h apart),
+  ``model_name``, ``status``, ``page_no``, ``page_size``; its answer is flat (``data``,
+  ``total``, ``total_page`` at the top level: "Listing tasks"). Both share the account's
+  20 QPS: callers pace them with :func:`worker.ratelimit.query_limiter`; submissions with
   :func:`worker.ratelimit.submit_limiter`. This client only retries.
-- errors: JSON ``{"request_id", "code", "message"}`` with a non-200 status; 429 (``Throttling``),
-  500, 502, 503, 504 and timeouts are retryable, other 4xx are permanent.
+- errors: JSON ``{"request_id", "code", "message"}`` (or ``msg``) with a non-200 status; 429
+  ``Throttling.RateQuota`` and other throttling, 500, 502, 503, 504 and timeouts are retryable;
+  403 ``Arrearage`` and 429 ``Throttling.AllocationQuota`` are account-wide and not retried
+  here (:class:`AccountBlockedError`: the submitter's breaker pauses); other 4xx are permanent.
+- a submit has no idempotency key ("A submit has no idempotency key"): a submit whose request
+  may have reached DashScope but whose answer was lost (read or write timeout, the connection
+  dropped, 500/502/504) is **not** retried: :class:`AmbiguousSubmitError`, which the submitter
+  resolves from the task list. Only failures before the request left (connect errors, pool
+  timeouts) and definite refusals (429, 503) are retried.
 
 Errors raised: :class:`core.errors.TransientError` (reason ``dashscope_throttled``,
-``dashscope_unavailable`` or ``dashscope_network``) once the bounded retries are spent, and
+``dashscope_unavailable`` or ``dashscope_network``) once the bounded retries are spent,
+:class:`AmbiguousSubmitError` and :class:`AccountBlockedError` (both transient) at once, and
 :class:`DashScopeError` (a :class:`core.errors.PermanentError`) for other 4xx answers or an
 answer that is not the documented JSON.
-
-A submit retried after a timeout may, in the rare case the first request did reach DashScope,
-create a second task for the same files; the submitter's records keep only the task it was told.
 """
 
 from __future__ import annotations
@@ -70,19 +79,51 @@ def submit_body(
     return {"model": model, "input": model_input, "parameters": dict(parameters or {})}
 
 
+class AmbiguousSubmitError(TransientError):
+    """A submit that may have created a task although no answer came back (see module)."""
+
+    reason = Reason.SUBMIT_UNCERTAIN
+
+
+class AccountBlockedError(TransientError):
+    """403 ``Arrearage`` or 429 ``Throttling.AllocationQuota``: every call fails until billing
+    changes (`docs/dashscope-transcription.md`, errors). ``code`` is DashScope's code."""
+
+    reason = Reason.ACCOUNT_BLOCKED
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"DashScope account blocked: {code}: {message}")
+        self.code = code
+
+
+ACCOUNT_CODES = frozenset({"Arrearage", "Throttling.AllocationQuota"})
+"""Error codes that block the whole account (`docs/dashscope-transcription.md`, errors)."""
+
+# Statuses after which a POST may have been processed: the gateway lost the backend's answer.
+_AMBIGUOUS_STATUSES = frozenset({500, 502, 504})
+# Transport errors raised before any byte of the request left: the request cannot have arrived.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+
+
 def _error_fields(response: httpx.Response) -> tuple[str, str, str]:
+    """``(code, message, request_id)`` of an error answer; ``message`` falls back to ``msg``."""
     try:
         body = response.json()
     except ValueError:
         return "", response.text[:200], ""
     if not isinstance(body, dict):
         return "", str(body)[:200], ""
-    return str(body.get("code", "")), str(body.get("message", "")), str(body.get("request_id", ""))
+    message = body.get("message") or body.get("msg") or ""
+    return str(body.get("code", "")), str(message), str(body.get("request_id", ""))
 
 
 def _check(response: httpx.Response) -> dict[str, Any]:
     """The JSON object of a 200 answer; raise the tree's error for anything else."""
     status = response.status_code
+    if status in (403, 429):
+        code, message, _ = _error_fields(response)
+        if code in ACCOUNT_CODES:
+            raise AccountBlockedError(code, message)
     if is_retryable_status(status):
         code, message, _ = _error_fields(response)
         reason = Reason.DASHSCOPE_THROTTLED if status == 429 else Reason.DASHSCOPE_UNAVAILABLE
@@ -131,7 +172,7 @@ class DashScopeClient:
             follow_redirects=False,
         )
         self._retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(TransientError),
+            retry=tenacity.retry_if_exception(_worth_retrying),
             stop=tenacity.stop_after_attempt(max_attempts),
             wait=tenacity.wait_exponential(multiplier=backoff_s, max=backoff_max_s)
             + tenacity.wait_random(0, backoff_s),
@@ -140,7 +181,8 @@ class DashScopeClient:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DashScopeClient:
-        """A client for ``DASHSCOPE_BASE_URL``, ``DASHSCOPE_API_KEY``, ``DASHSCOPE_WORKSPACE``.
+        """A client for ``DASHSCOPE_BASE_URL``, ``DASHSCOPE_API_KEY``, ``DASHSCOPE_WORKSPACE``
+        and ``DASHSCOPE_TIMEOUT_SECONDS``.
 
         Raises :class:`PermanentError` (``no_api_key``) when no API key is configured.
         """
@@ -150,6 +192,7 @@ class DashScopeClient:
             settings.dashscope_base_url,
             settings.dashscope_api_key.get_secret_value(),
             workspace=settings.dashscope_workspace,
+            timeout_s=settings.dashscope_timeout_seconds,
         )
 
     def submit(
@@ -159,6 +202,8 @@ class DashScopeClient:
 
         Raises ``ValueError`` for a body the API would refuse (see :func:`submit_body`),
         :class:`TransientError` after the retries, :class:`DashScopeError` otherwise.
+        Raises :class:`AmbiguousSubmitError` at once when the task may exist although no
+        answer came back, :class:`AccountBlockedError` for an account-wide refusal.
         """
         body = submit_body(model, file_urls, parameters)
         headers = {"X-DashScope-Async": "enable"}
@@ -175,6 +220,37 @@ class DashScopeClient:
         Raises :class:`TransientError` after the retries, :class:`DashScopeError` otherwise.
         """
         return self._call("GET", f"tasks/{task_id}")
+
+    def list_tasks(
+        self,
+        start_time: str,
+        end_time: str,
+        *,
+        model_name: str | None = None,
+        page_no: int = 1,
+        page_size: int = 100,
+    ) -> dict[str, Any]:
+        """One page of ``GET /tasks``: the flat answer ``{"data": [record...], "total", ...}``.
+
+        ``start_time``/``end_time`` are ``YYYYMMDDhhmmss`` in China time (at most 24 h apart),
+        ``page_no`` counts from 1, ``page_size`` is 1-100; ``model_name`` filters by exact
+        name. Records carry ``task_id``, ``status`` (or ``task_status``), ``model_name``,
+        ``gmt_create``/``start_time``/``end_time`` in epoch milliseconds
+        (`docs/dashscope-transcription.md`, "Listing tasks"). Raises :class:`DashScopeError`
+        when ``data`` is not a list, and as :meth:`query` does otherwise.
+        """
+        params: dict[str, str | int] = {
+            "start_time": start_time,
+            "end_time": end_time,
+            "page_no": page_no,
+            "page_size": page_size,
+        }
+        if model_name:
+            params["model_name"] = model_name
+        answer = self._call("GET", "tasks", params=params)
+        if not isinstance(answer.get("data", []), list):
+            raise DashScopeError(200, "", "list answer has no data list")
+        return answer
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -194,7 +270,17 @@ class DashScopeClient:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise TransientError(
-                f"DashScope {method} {path}: {type(exc).__name__}", reason=Reason.DASHSCOPE_NETWORK
-            ) from exc
+            what = f"DashScope {method} {path}: {type(exc).__name__}"
+            if method == "POST" and not isinstance(exc, _NOT_SENT):
+                raise AmbiguousSubmitError(what) from exc
+            raise TransientError(what, reason=Reason.DASHSCOPE_NETWORK) from exc
+        if method == "POST" and response.status_code in _AMBIGUOUS_STATUSES:
+            raise AmbiguousSubmitError(f"DashScope {method} {path} answered {response.status_code}")
         return _check(response)
+
+
+def _worth_retrying(exc: BaseException) -> bool:
+    """Retry transient failures, but never a maybe-created task or an account-wide refusal."""
+    if isinstance(exc, AmbiguousSubmitError | AccountBlockedError):
+        return False
+    return isinstance(exc, TransientError)

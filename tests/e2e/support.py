@@ -87,15 +87,16 @@ def assert_archived_once(
     """Every file archived once, locally and in S3, byte-identical to what ``box`` serves.
 
     ``s3`` holds the S3 copy (key below the destination prefix → body). Tasks whose callback
-    the sandbox dropped must have been archived by reconciliation. Returns the manifests.
+    the sandbox dropped must have been archived by reconciliation (which may also have taken
+    a task whose event was merely late). Returns the manifests.
     """
     manifests = local_manifests(archive)
     assert len(manifests) == tasks
     assert sum(len(m["files"]) for m in manifests.values()) == files
     state = box.state()
     assert len(state["submissions"]) == tasks
-    reconciled = {t for t, m in manifests.items() if m["source"] == "reconciled"}
-    assert reconciled == set(state["dropped"])
+    reconciled = {t for t, m in manifests.items() if m["source"] == "reconciliation"}
+    assert reconciled >= set(state["dropped"])
     assert sum(key.endswith("/manifest.json") for key in s3) == tasks
     for task_id, manifest in manifests.items():
         served = served_results(box.api_url, box.env["DASHSCOPE_API_KEY"], task_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import redis
+import structlog
 from celery import Task, shared_task
 
 from core.errors import PermanentError, TransientError
@@ -26,9 +27,10 @@ from worker.dashscope import DashScopeClient, DashScopeError
 from worker.ratelimit import query_limiter
 from worker.submission.reconcile import Reconciler, locked_sweep
 from worker.submission.submissions import SubmissionStore
-from worker.submission.submitter import Submitter
+from worker.submission.submitter import BatchDeferred, Submitter
 
 MAX_RETRIES = 8
+log = structlog.get_logger(__name__)
 
 
 def _submitter(app: AsrCelery) -> Submitter:
@@ -54,11 +56,26 @@ def _failure_reason(exc: PermanentError) -> str:
     bind=True, name=SUBMIT_BATCH_TASK, queue=SUBMIT_QUEUE, max_retries=MAX_RETRIES
 )
 def submit_batch(self: Task, run_id: str, n: int) -> str | None:
-    """Upload, sign and submit one batch; transient failures retry, then fail the batch."""
+    """Upload, sign and submit one batch; transient failures retry, then fail the batch.
+
+    A deferred batch (breaker open, an unanswered submit being resolved) is sent again with
+    a countdown and no retry counted: its files stay pending.
+    """
     app: AsrCelery = self.app
     store = SubmissionStore(app.redis, app.settings.submission_ttl_seconds)
     try:
         return _submitter(app).submit_batch(run_id, n)
+    except BatchDeferred as deferred:
+        # Not a failure: send the batch again later, with its retry count untouched.
+        self.apply_async(args=[run_id, n], countdown=deferred.seconds, queue=SUBMIT_QUEUE)
+        log.info(
+            "batch_deferred",
+            run_id=run_id,
+            batch=n,
+            reason=deferred.reason,
+            seconds=round(deferred.seconds, 1),
+        )
+        return None
     except (TransientError, redis.RedisError) as exc:
         if self.request.retries >= MAX_RETRIES:
             store.fail_batch(run_id, n, getattr(exc, "reason", "redis_unavailable"))
@@ -73,7 +90,8 @@ def submit_batch(self: Task, run_id: str, n: int) -> str | None:
 
 @shared_task(bind=True, name=RECONCILE_TASK, queue=SUBMIT_QUEUE)  # type: ignore[untyped-decorator]  # Celery is untyped
 def reconcile(self: Task) -> dict[str, Any]:
-    """Archive submitted tasks whose event never came (see :mod:`worker.submission.reconcile`)."""
+    """Archive finished tasks of the account whose event never came (see
+    :mod:`worker.submission.reconcile`)."""
     app: AsrCelery = self.app
     settings = app.settings
     if settings.dashscope_api_key is None:
@@ -85,6 +103,9 @@ def reconcile(self: Task) -> dict[str, Any]:
             client,
             query_limiter(app.redis, settings.dashscope_query_qps),
             publish=lambda task_id: _publish_archive(app, task_id),
+            redis_client=app.redis,
+            lookback_s=settings.reconcile_lookback_seconds,
+            grace_s=settings.reconcile_after_seconds,
         )
         report = locked_sweep(app.redis, reconciler)
     return {
@@ -92,6 +113,7 @@ def reconcile(self: Task) -> dict[str, Any]:
         "pending": len(report.pending),
         "lost": len(report.lost),
         "queries": report.queries,
+        "pages": report.pages,
     }
 
 

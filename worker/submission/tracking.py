@@ -17,6 +17,7 @@ from typing import Any
 
 import redis
 
+from core.redis_client import connect
 from core.settings import Settings
 from core.store import ReceiptStore
 from worker.archiving import manifest as mf
@@ -186,7 +187,7 @@ def resubmit_task(settings: Settings, task_id: str) -> list[str]:
     budget. Raises :class:`core.errors.PermanentError` (``not_ours``,
     ``already_resubmitted``) and :class:`core.errors.TransientError`.
     """
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     try:
         submitter = Submitter.from_settings(settings, client)
         receipt = ReceiptStore(client, settings.dedupe_ttl_seconds).load(task_id)

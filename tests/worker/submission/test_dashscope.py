@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import pytest
 
 from core.errors import PermanentError, TransientError
-from core.settings import load_settings
-from worker.dashscope import DashScopeClient, DashScopeError, submit_body
+from core.settings import load_settings, load_settings_from
+from sandbox.server import Sandbox
+from tests.fixtures.sandbox import MediaServer
+from worker.dashscope import (
+    AccountBlockedError,
+    AmbiguousSubmitError,
+    DashScopeClient,
+    DashScopeError,
+    submit_body,
+)
 
 
 @dataclass
@@ -198,3 +207,122 @@ def test_from_settings_requires_api_key() -> None:
     with pytest.raises(PermanentError) as caught:
         DashScopeClient.from_settings(load_settings(dashscope_api_key=None))
     assert caught.value.reason == "no_api_key"
+
+
+def test_error_bodies_with_msg_instead_of_message(server: tuple[str, Script]) -> None:
+    """An error answer carrying ``msg`` (not ``message``) still reports DashScope's text."""
+    base, script = server
+    script.answers = [(400, {"request_id": "r", "code": "InvalidParameter", "msg": "bad url"})]
+    with _client(base) as client, pytest.raises(DashScopeError) as caught:
+        client.submit("fun-asr", ["https://m/a.wav"])
+    assert (caught.value.code, caught.value.message) == ("InvalidParameter", "bad url")
+
+
+@pytest.mark.parametrize(
+    ("status", "code"), [(403, "Arrearage"), (429, "Throttling.AllocationQuota")]
+)
+def test_account_wide_errors_are_not_retried(
+    server: tuple[str, Script], status: int, code: str
+) -> None:
+    """Arrearage and AllocationQuota end the call at once with AccountBlockedError(code)."""
+    base, script = server
+    script.answers = [(status, {"request_id": "r", "code": code, "msg": "pay up"})]
+    with _client(base) as client:
+        with pytest.raises(AccountBlockedError) as caught:
+            client.submit("fun-asr", ["https://m/a.wav"])
+        with pytest.raises(AccountBlockedError):
+            client.query("t-1")
+    assert caught.value.code == code and caught.value.reason == "account_blocked"
+    assert len(script.requests) == 2
+
+
+def test_rate_quota_429_is_retried_not_a_breaker(server: tuple[str, Script]) -> None:
+    """429 Throttling.RateQuota is a rate: retried with backoff, never AccountBlockedError."""
+    base, script = server
+    script.answers = [(429, {"code": "Throttling.RateQuota", "message": "slow"}), (200, ACCEPTED)]
+    with _client(base) as client:
+        assert client.submit("fun-asr", ["https://m/a.wav"]) == "t-1"
+    assert len(script.requests) == 2
+
+
+def test_a_submit_without_answer_is_ambiguous_and_sent_once(server: tuple[str, Script]) -> None:
+    """A submit that times out after sending is AmbiguousSubmitError after exactly one request."""
+    base, script = server
+    script.answers = [(200, ACCEPTED)]
+    script.delay_s = 0.5
+    with _client(base, timeout_s=0.1) as client, pytest.raises(AmbiguousSubmitError) as caught:
+        client.submit("fun-asr", ["https://m/a.wav"])
+    assert caught.value.reason == "submit_uncertain"
+    assert len(script.requests) == 1
+
+
+@pytest.mark.parametrize("status", [500, 502, 504])
+def test_a_submit_answered_by_a_gateway_error_is_ambiguous(
+    server: tuple[str, Script], status: int
+) -> None:
+    """500/502/504 to a submit may hide a created task: ambiguous, not retried."""
+    base, script = server
+    script.answers = [(status, {"code": "InternalError"}), (200, ACCEPTED)]
+    with _client(base) as client, pytest.raises(AmbiguousSubmitError):
+        client.submit("fun-asr", ["https://m/a.wav"])
+    assert len(script.requests) == 1
+
+
+def test_a_dropped_connection_after_the_submit_is_ambiguous(
+    make_sandbox: Callable[..., Sandbox], media_server: MediaServer
+) -> None:
+    """The sandbox creates the task and closes the connection: ambiguous, one submission."""
+    box = make_sandbox(ambiguous_submit_fraction=1.0, ambiguous_submit_mode="drop")
+    client = DashScopeClient(box.api_url, box.config.api_key)
+    with client, pytest.raises(AmbiguousSubmitError) as caught:
+        client.submit("fun-asr", [media_server.url_for("hello.wav")])
+    assert isinstance(caught.value.__cause__, httpx.RemoteProtocolError)
+    assert len(box.state()["submissions"]) == 1 == len(box.state()["tasks"])
+
+
+def test_a_submit_that_never_connected_is_retried() -> None:
+    """Nothing listening: the request never left, so it is retried, then TransientError."""
+    client = _client("http://127.0.0.1:9/api/v1", max_attempts=2)
+    with client, pytest.raises(TransientError) as caught:
+        client.submit("fun-asr", ["https://m/a.wav"])
+    assert not isinstance(caught.value, AmbiguousSubmitError)
+    assert caught.value.reason == "dashscope_network"
+
+
+def test_list_tasks_sends_the_window_and_reads_the_flat_answer(server: tuple[str, Script]) -> None:
+    """list_tasks GETs /tasks with window, model and page; the answer is returned flat."""
+    base, script = server
+    page = {"request_id": "r", "data": [{"task_id": "t", "status": "SUCCEEDED"}], "total": 1}
+    script.answers = [(200, page), (200, {"request_id": "r", "data": {}})]
+    with _client(base) as client:
+        answer = client.list_tasks("20250101000000", "20250101235959", model_name="fun-asr")
+        with pytest.raises(DashScopeError):
+            client.list_tasks("20250101000000", "20250101235959")
+    assert answer["data"][0]["task_id"] == "t"
+    path = script.requests[0].path
+    assert path.startswith("/api/v1/tasks?")
+    assert "start_time=20250101000000" in path and "model_name=fun-asr" in path
+    assert "page_no=1" in path and "page_size=100" in path
+
+
+def test_a_workspace_endpoint_serves_submit_query_and_list(
+    make_sandbox: Callable[..., Sandbox], media_server: MediaServer
+) -> None:
+    """Against https://{ws}.{region}.maas.aliyuncs.com/api/v1 every call finds its route."""
+    box = make_sandbox()
+    transport = httpx.WSGITransport(app=box._server.app)  # the sandbox's WSGI app, in-process
+    base = "https://ws-1a2b3c.cn-beijing.maas.aliyuncs.com/api/v1"
+    with DashScopeClient(base, box.config.api_key, workspace="ws-1a2b3c", transport=transport) as c:
+        task_id = c.submit("paraformer-v2", [media_server.url_for("hello.wav")])
+        assert c.query(task_id)["output"]["task_id"] == task_id
+        listed = c.list_tasks("20000101000000", "20000101120000")
+    assert listed["data"] == [] and listed["total"] == 0
+    assert box.state()["tasks"][task_id]["model"] == "paraformer-v2"
+
+
+def test_dashscope_http_base_url_is_an_alias() -> None:
+    """DASHSCOPE_HTTP_BASE_URL (the SDK's name) sets the base URL; DASHSCOPE_BASE_URL wins."""
+    sdk = {"DASHSCOPE_HTTP_BASE_URL": "https://dashscope-intl.aliyuncs.com/api/v1"}
+    assert load_settings_from(sdk).dashscope_base_url == sdk["DASHSCOPE_HTTP_BASE_URL"]
+    both = {**sdk, "DASHSCOPE_BASE_URL": "https://dashscope.aliyuncs.com/api/v1"}
+    assert load_settings_from(both).dashscope_base_url == both["DASHSCOPE_BASE_URL"]
