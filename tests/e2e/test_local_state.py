@@ -63,6 +63,12 @@ def test_rerun_submits_nothing_and_commands_read_the_state_after(
     assert len(one) == 3 and all(row["status"] == "succeeded" for row in one)
     assert {r["file"]: r["task_id"] for r in one} == {r["file"]: r["task_id"] for r in two}
     assert len(box.state()["submissions"]) == 1  # one batch, submitted once
+    recorded = {
+        entry["media"]["path"]
+        for path in (tmp_path / "archive").glob("*/manifest.json")
+        for entry in json.loads(path.read_bytes())["files"]
+    }
+    assert recorded == {str(m.resolve()) for m in media}  # the archive names each recording
     assert (tmp_path / ".asr-ingest" / "redis").is_dir()
     assert (tmp_path / ".asr-ingest" / "logs" / "worker.log").is_file()
 

@@ -25,7 +25,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -42,6 +42,7 @@ from core.events import (
     redact_event,
     with_output,
 )
+from core.media import Media, media_for
 from core.store import Receipt
 from worker import metrics
 from worker.archiving import manifest as mf
@@ -129,9 +130,17 @@ class Archiver:
         return all(d.exists(mf.manifest_key(task_id)) for d in self.destinations)
 
     def run(
-        self, receipt: Receipt, progress: Progress, *, final: Callable[[], bool] = lambda: False
+        self,
+        receipt: Receipt,
+        progress: Progress,
+        *,
+        final: Callable[[], bool] = lambda: False,
+        media: Mapping[str, Media] | None = None,
     ) -> Outcome:
         """Archive ``receipt``'s task and write its manifest; returns the outcome.
+
+        ``media`` is the task's media index (:func:`core.media.read_media`): each file's local
+        recording goes into its manifest entry.
 
         Raises :class:`TransientError` when a file may succeed later (nothing is lost: the
         progress is kept), unless ``final()`` (asked only then) is True; errors while writing
@@ -142,7 +151,7 @@ class Archiver:
             event = self._resolve(parse_event(receipt.body))
         except PermanentError as exc:
             return self.fail(receipt, exc)
-        files, errors = self._files(event, progress, final)
+        files, errors = self._files(event, progress, final, media or {})
         manifest = mf.new_manifest(receipt, event.model, event.task_status, files, self.clock())
         manifest.update(code=event.code, message=event.message)
         manifest["archive_status"] = "partial" if errors else "complete"
@@ -175,10 +184,15 @@ class Archiver:
         progress.mark("event", {"bytes": len(body)})
 
     def _files(
-        self, event: TaskEvent, progress: Progress, final: Callable[[], bool]
+        self,
+        event: TaskEvent,
+        progress: Progress,
+        final: Callable[[], bool],
+        media: Mapping[str, Media],
     ) -> tuple[list[dict[str, Any]], list[PipelineError]]:
         entries = list(event.entries or ())
-        files = [mf.file_record(entry) for entry in entries]
+        only = len(entries) == 1
+        files = [mf.file_record(e, media_for(e.file_url, media, only_file=only)) for e in entries]
         fresh: dict[str, TaskEvent] = {}
 
         def archive(n: int) -> PipelineError | None:

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from core.errors import PipelineError
 from core.events import ResultEntry
+from core.media import Media
 from core.store import Receipt
 
 ArchiveStatus = Literal["complete", "partial", "failed"]
@@ -56,8 +57,9 @@ def error_record(exc: PipelineError) -> dict[str, str]:
     return {"reason": str(exc.reason), "message": str(exc)}
 
 
-def file_record(entry: ResultEntry) -> dict[str, Any]:
-    """The manifest entry of one result file before it is archived (``key`` etc. null)."""
+def file_record(entry: ResultEntry, media: Media | None = None) -> dict[str, Any]:
+    """The manifest entry of one result file before it is archived (``key`` etc. null);
+    ``media`` is the local recording it came from (:mod:`core.media`), null when unknown."""
     return {
         "index": entry.index,
         "file_url": entry.file_url,
@@ -68,6 +70,7 @@ def file_record(entry: ResultEntry) -> dict[str, Any]:
         "code": entry.code,
         "message": entry.message,
         "error": None,
+        "media": media.record() if media is not None else None,
     }
 
 

@@ -36,6 +36,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from core.errors import PermanentError, PipelineError, Reason, TransientError
 from core.events import LINK_LIFETIME_SECONDS, check_task_id, link_expiry, parse_event
+from core.media import read_media
 from core.settings import Settings
 from core.store import Receipt, ReceiptStore
 from worker import metrics
@@ -257,7 +258,9 @@ class ArchiveService:
         self.store.set_state(task_id, "archiving")
         urls = [d.url for d in self.destinations]
         progress = Progress(self.client, task_id, settings.dedupe_ttl_seconds, urls)
-        return self._finish(receipt, archiver.run(receipt, progress, final=plan.exhausted), attempt)
+        media = read_media(self.client, task_id)
+        result = archiver.run(receipt, progress, final=plan.exhausted, media=media)
+        return self._finish(receipt, result, attempt)
 
     def _finish(self, receipt: Receipt, result: Outcome, attempt: int) -> TaskOutcome:
         if not result.complete:

@@ -28,6 +28,7 @@ from typing import Any, cast
 import redis
 from redis.typing import EncodableT
 
+from core.media import Media, write_media
 from worker.submission.media import LocalMedia, Rejection
 
 DUE_KEY = "asr:submissions:due"
@@ -194,6 +195,8 @@ class SubmissionStore:
         if sub.run_id:
             pipe.set(f"{_RUN.format(sub.run_id)}:batch:{sub.batch}:task", sub.task_id, ex=self._ttl)
         pipe.zadd(DUE_KEY, {sub.task_id: due_at})
+        media = {e.key: Media(e.path, e.sha256, e.size) for e in sub.files}
+        write_media(pipe, sub.task_id, media, self._ttl)
         pipe.execute()
 
     def load(self, task_id: str) -> Submission | None:

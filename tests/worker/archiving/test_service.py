@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from core.errors import Reason
+from core.media import Media, write_media
 from core.settings import load_settings
 from core.store import Receipt, ReceiptStore
 from tests.support import task_events as te
@@ -238,3 +239,25 @@ def test_sweep_reenqueues_an_open_receipt_whose_message_was_lost(
     assert service.sweep(published.append, now=later + 1)["open"] == 0
     store.set_state("lost", "archived")
     assert service.sweep(published.append, now=later + 3600)["open"] == 0
+
+
+def test_manifest_names_each_files_local_recording(
+    service: ArchiveService, redis_client: redis.Redis, result_server: ResultServer, tmp_path: Path
+) -> None:
+    """Files of a task asr-ingest submitted carry their local media; others carry null."""
+    url = result_server.add("/r/m.json", BODY)
+    media_url = "https://bucket.oss-cn-beijing.aliyuncs.com/uploads/ab/cd.wav?Expires=1&Signature=x"
+    entries = [
+        te.ok(url, file_url=media_url),
+        te.ok(url, file_url="https://elsewhere.example/x.wav"),
+    ]
+    body = te.event("t-m", "fun-asr", te.batch_output("t-m", entries))
+    ReceiptStore(redis_client, 600).claim("t-m", body, event_id="e")
+    pipe = redis_client.pipeline()
+    write_media(pipe, "t-m", {"uploads/ab/cd.wav": Media("talks/cd.wav", "ff" * 32, 1234)}, 600)
+    pipe.execute()
+    assert service.archive("t-m", attempt=1) == "archived"
+    files = manifest(tmp_path, "t-m")["files"]
+    assert isinstance(files, list)
+    assert files[0]["media"] == {"path": "talks/cd.wav", "sha256": "ff" * 32, "bytes": 1234}
+    assert files[1]["media"] is None

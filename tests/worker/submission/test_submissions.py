@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import redis
 
+from core.media import Media, read_media
 from worker.submission.media import LocalMedia, Rejection
 from worker.submission.submissions import FileEntry, FileState, Submission, SubmissionStore
 
@@ -92,3 +93,17 @@ def test_take_due_claims_a_due_task_once(redis_client: redis.Redis) -> None:
     assert store.take_due("t-1", now=100.0, next_due=160.0) is False
     assert store.due(now=159.0) == [] and store.due(now=160.0) == ["t-1"]
     assert store.take_due("gone", now=1e9, next_due=2e9) is False
+
+
+def test_record_writes_the_media_index(redis_client: redis.Redis) -> None:
+    """A recorded task's files are indexed by object key with their local media."""
+    entries = [
+        FileEntry("/m/a.wav", "u/a.wav", 10, "aa" * 32),
+        FileEntry("/m/b.wav", "u/b.wav", 20, "bb" * 32),
+    ]
+    store = SubmissionStore(redis_client, 3600)
+    store.record(Submission("t-media", "fun-asr", "", 0, {}, 1.0, entries), 601.0, [])
+    assert read_media(redis_client, "t-media") == {
+        "u/a.wav": Media("/m/a.wav", "aa" * 32, 10),
+        "u/b.wav": Media("/m/b.wav", "bb" * 32, 20),
+    }
