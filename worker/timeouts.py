@@ -40,7 +40,7 @@ def timing_problems(settings: Settings) -> list[str]:
     soft, hard = time_limits(settings)
     name = f"BROKER_VISIBILITY_TIMEOUT_SECONDS ({vis} s)"
     problems = []
-    if not 0 < soft < hard < vis:
+    if not 0 < soft <= hard < vis:
         problems.append(f"task time limits ({soft} s soft, {hard} s hard) must be below {name}")
     if settings.archive_lease_seconds >= vis:
         lease = settings.archive_lease_seconds
