@@ -18,6 +18,9 @@ Series (names per the Prometheus naming conventions; units in the name):
 ``asr_queue_messages{queue}``
     messages waiting on the Redis broker's ``archive`` and ``submit`` lists (only when the
     broker is Redis; RabbitMQ reports its queues itself).
+``asr_dashscope_breaker_open``
+    1 while the account circuit breaker is open (its hash ``asr:breaker:account``, written by
+    ``worker.submission.breaker``, exists), else 0: submissions are paused.
 ``asr_state_scrape_errors_total``
     scrapes whose Redis reads failed (the gauges above are then absent).
 """
@@ -39,6 +42,8 @@ from core.store import OPEN_KEY
 
 AGES = (("0s", 0.0), ("1h", 3600.0), ("6h", 6 * 3600.0), ("20h", 20 * 3600.0))
 DEAD_LETTER_KEYS = {"archive": "asr:dlq", "notify": "asr:notify:dlq"}
+BREAKER_KEY = "asr:breaker:account"
+"""The account circuit breaker's hash: present while it is open (``worker.submission.breaker``)."""
 MAX_LETTERS_BY_REASON = 10_000
 
 
@@ -54,7 +59,12 @@ class StateCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         """Yield the gauges; on a Redis error only the error counter."""
         try:
-            metrics = [self._unarchived(), *self._oldest(), self._dead_letters()]
+            metrics = [
+                self._unarchived(),
+                *self._oldest(),
+                self._dead_letters(),
+                self._breaker(),
+            ]
             if self._broker is not None:
                 metrics.append(self._queues(self._broker))
         except redis.RedisError:
@@ -94,6 +104,14 @@ class StateCollector(Collector):
         for kind, key in DEAD_LETTER_KEYS.items():
             for reason, count in self._reasons(key).items():
                 family.add_metric([kind, reason], float(count))
+        return family
+
+    def _breaker(self) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(
+            "asr_dashscope_breaker_open",
+            "1 while submissions are paused by an account-wide DashScope error.",
+        )
+        family.add_metric([], float(self._redis.exists(BREAKER_KEY)))
         return family
 
     def _reasons(self, key: str) -> dict[str, int]:

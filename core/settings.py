@@ -202,6 +202,13 @@ class Settings(BaseSettings):
     # or whose process is gone on this host, is dead and its unacknowledged messages go back
     # to their queues (worker/recovery.py).
     worker_heartbeat_seconds: float = Field(5.0, gt=0)
+    # Worker processes (worker/app.py): on shutdown, running tasks get this long (s) before they
+    # are cancelled and their messages requeued; keep it under the orchestrator's grace period
+    # (deploy/k8s/worker.yaml, deploy/docker-compose.yml) less a margin. A prefork child is
+    # replaced after this many tasks, or after a task that left it above this resident size.
+    worker_soft_shutdown_seconds: float = Field(45.0, ge=0)
+    worker_max_tasks_per_child: int = Field(1000, ge=1)
+    worker_max_memory_per_child_mib: int = Field(512, ge=64)
 
     log_format: Literal["json", "console"] = Field(
         default_factory=lambda: "console" if sys.stdout.isatty() else "json"

@@ -311,8 +311,9 @@ def test_k8s_beat_is_a_single_replica() -> None:
 
 
 def test_k8s_configuration_names_are_settings() -> None:
-    """The ConfigMap and container env use only variables the settings (or AWS) read."""
-    known = set(SETTING_VARIABLES) | AWS_VARIABLES
+    """The ConfigMap and container env use only variables the settings (or AWS, or Celery's
+    ``REMAP_SIGTERM``: the worker's soft shutdown, worker/app.py) read."""
+    known = set(SETTING_VARIABLES) | AWS_VARIABLES | {"REMAP_SIGTERM"}
     names = set(find("ConfigMap", "asr-ingest")["data"])
     for name in COMMANDS:
         names |= {item["name"] for item in container(f"asr-ingest-{name}").get("env", [])}

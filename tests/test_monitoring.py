@@ -22,18 +22,22 @@ import httpx
 import pytest
 import redis
 import yaml
+from prometheus_client import REGISTRY
 
 from asr_ingest.stack import Stack
 from asr_ingest.starters import free_port, webhook_spec
 from core.queues import ARCHIVE_QUEUE, ARCHIVE_TASK
-from core.settings import load_settings
-from core.store import ReceiptStore
+from core.settings import SettingsError, load_settings
+from core.store import Receipt, ReceiptStore
 from sandbox.server import Sandbox
 from tests.fixtures.sandbox import CallbackReceiver, MediaServer
 from tests.fixtures.worker import WorkerFactory, broker_url_for, wait_until
 from tests.sandbox.test_callbacks import submit
 from tests.support import task_events as te
-from worker import create_celery
+from worker import create_celery, metrics
+from worker.app import SHUTDOWN_MARGIN_SECONDS, celery_config
+from worker.archiving.dlq import DeadLetters
+from worker.dashscope import DashScopeClient
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
@@ -235,6 +239,119 @@ def test_prometheus_evaluates_every_expression_on_scraped_metrics(
 def _all_up(prometheus: PrometheusServer) -> bool:
     try:
         result = prometheus.query("up")["data"]["result"]
-    except httpx.HTTPError:
+    except (httpx.HTTPError, ValueError):  # not listening yet, or starting (not JSON yet)
         return False
     return len(result) == 2 and all(sample["value"][1] == "1" for sample in result)
+
+
+def _sample(name: str, labels: dict[str, str] | None = None) -> float:
+    """The value of ``name`` in this process's default registry (0.0 when absent)."""
+    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+def test_default_timing_settings_are_accepted() -> None:
+    """The defaults pass the start-up check, and the production settings are in the config."""
+    settings = load_settings(celery_broker_url="memory://")
+    create_celery(settings)
+    config = celery_config(settings)
+    assert config["task_time_limit"] < settings.broker_visibility_timeout_seconds
+    assert config["worker_prefetch_multiplier"] == 1
+    assert config["worker_soft_shutdown_timeout"] == 45.0
+    assert config["worker_max_tasks_per_child"] == 1000
+    assert config["worker_max_memory_per_child"] == 512 * 1024
+
+
+def test_clashing_timing_settings_fail_create_celery_in_one_line() -> None:
+    """A lease and countdowns too long for the visibility timeout: one line naming each."""
+    settings = load_settings(
+        celery_broker_url="memory://",
+        broker_visibility_timeout_seconds=60,
+        archive_lease_seconds=60,
+        dashscope_breaker_probe_seconds=31,
+    )
+    with pytest.raises(SettingsError) as caught:
+        create_celery(settings)
+    message = str(caught.value)
+    assert "\n" not in message
+    for name in (
+        "BROKER_VISIBILITY_TIMEOUT_SECONDS",
+        "ARCHIVE_LEASE_SECONDS",
+        "ARCHIVE_RETRY_MAX_SECONDS",
+        "DASHSCOPE_BREAKER_PROBE_SECONDS",
+    ):
+        assert name in message
+
+
+def test_soft_shutdown_ends_before_the_grace_periods() -> None:
+    """k8s and compose remap SIGTERM and wait longer than the soft shutdown plus its margin."""
+    soft = load_settings().worker_soft_shutdown_seconds
+    pod = next(yaml.safe_load_all((ROOT / "deploy" / "k8s" / "worker.yaml").read_text()))
+    spec = pod["spec"]["template"]["spec"]
+    assert spec["terminationGracePeriodSeconds"] >= soft + SHUTDOWN_MARGIN_SECONDS
+    env = {item["name"]: item.get("value") for item in spec["containers"][0]["env"]}
+    assert env["REMAP_SIGTERM"] == "SIGQUIT"
+    compose = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())
+    worker = compose["services"]["worker"]
+    assert int(worker["stop_grace_period"].removesuffix("s")) >= soft + SHUTDOWN_MARGIN_SECONDS
+    assert worker["environment"]["REMAP_SIGTERM"] == "SIGQUIT"
+    configmap = yaml.safe_load((ROOT / "deploy" / "k8s" / "configmap.yaml").read_text())
+    assert "WORKER_SOFT_SHUTDOWN_SECONDS" not in configmap.get("data", {})
+
+
+def test_prime_makes_rare_event_series_exist_at_zero() -> None:
+    """Throttling, reconciliation, breaker and budget series exist before any event."""
+    metrics.prime()
+    for name, labels in (
+        ("asr_dashscope_throttled_total", {"operation": "submit", "code": "Throttling"}),
+        ("asr_reconcile_tasks_found_total", {"pass": "account"}),
+        ("asr_dashscope_breaker_transitions_total", {"state": "open", "code": "Arrearage"}),
+        ("asr_ratelimit_tokens_total", {"bucket": "query"}),
+    ):
+        assert REGISTRY.get_sample_value(name, labels) is not None, name
+
+
+def test_throttling_answers_are_counted_by_operation_and_code() -> None:
+    """A 429 RateQuota then a 200: one count; an unknown throttling code counts as other."""
+    answers = iter(
+        [
+            httpx.Response(429, json={"code": "Throttling.RateQuota", "message": "slow down"}),
+            httpx.Response(200, json={"output": {"task_status": "RUNNING"}}),
+            httpx.Response(429, json={"code": "Throttling.Made.Up", "message": "x"}),
+            httpx.Response(200, json={"output": {"task_status": "RUNNING"}}),
+        ]
+    )
+    transport = httpx.MockTransport(lambda _request: next(answers))
+    labels = {"operation": "query", "code": "Throttling.RateQuota"}
+    other = {"operation": "query", "code": "other"}
+    before = _sample("asr_dashscope_throttled_total", labels)
+    before_other = _sample("asr_dashscope_throttled_total", other)
+    with DashScopeClient("https://ds.example/api/v1", "k", transport=transport, backoff_s=0) as ds:
+        ds.query("t-1")
+        ds.query("t-2")
+    assert _sample("asr_dashscope_throttled_total", labels) == before + 1
+    assert _sample("asr_dashscope_throttled_total", other) == before_other + 1
+
+
+def test_dead_letters_written_are_counted_by_kind_and_reason(redis_client: redis.Redis) -> None:
+    """Each dead letter written counts once under its kind and reason."""
+    labels = {"kind": "notify", "reason": "notify_rejected"}
+    before = _sample("asr_dead_letters_written_total", labels)
+    DeadLetters(redis_client, key="asr:notify:dlq").add("t-1", "notify_rejected", 3, "no")
+    assert _sample("asr_dead_letters_written_total", labels) == before + 1
+
+
+def test_receipt_lag_is_observed_once_per_task() -> None:
+    """end_time to receipt, on the first attempt of an unworked receipt only."""
+    body = json.loads(te.event("t-lag", "fun-asr", None))
+    body["data"]["end_time"] = "2025-10-25 09:45:16.000"  # China time: 01:45:16 UTC
+    ended = 1761356716.0
+    receipt = Receipt("t-lag", json.dumps(body).encode(), ended + 42, "e", "fun-asr",
+                      "eventbridge", "enqueued")  # fmt: skip
+    labels = {"source": "eventbridge"}
+    count = _sample("asr_event_receipt_lag_seconds_count", labels)
+    total = _sample("asr_event_receipt_lag_seconds_sum", labels)
+    metrics.receipt_lag(receipt, attempt=1, replay=False)
+    metrics.receipt_lag(receipt, attempt=2, replay=False)  # a retry: not again
+    metrics.receipt_lag(receipt, attempt=1, replay=True)  # a replay: not again
+    assert _sample("asr_event_receipt_lag_seconds_count", labels) == count + 1
+    assert _sample("asr_event_receipt_lag_seconds_sum", labels) == pytest.approx(total + 42)

@@ -11,6 +11,18 @@ Delivery guarantees (Celery user guide, "Tasks" → ``acks_late``; kombu's Redis
   and the soft limit 80 %, so a task is always killed before its message becomes visible again.
 - ``worker_prefetch_multiplier = 1``: a worker holds one unstarted message per process, so a
   dead worker strands at most that many for one visibility timeout.
+- The timing settings are checked at start (:func:`worker.timeouts.check_timeouts`): a
+  combination under which a message could be redelivered while still held fails
+  :func:`create_celery` with one line naming the variables.
+- Shutdown: ``worker_soft_shutdown_timeout`` (``WORKER_SOFT_SHUTDOWN_SECONDS``, 45 s) gives
+  running tasks that long, then cancels them and their messages go back to the queue. Deployments
+  set ``REMAP_SIGTERM=SIGQUIT`` so the orchestrator's SIGTERM starts this (instead of a warm
+  shutdown that waits for every task and is cut by SIGKILL at the grace period); the grace
+  period (k8s ``terminationGracePeriodSeconds`` 120, compose ``stop_grace_period`` 60) exceeds
+  it by at least :data:`SHUTDOWN_MARGIN_SECONDS`.
+- Prefork children are replaced after ``WORKER_MAX_TASKS_PER_CHILD`` tasks (1000) or a task
+  that left them above ``WORKER_MAX_MEMORY_PER_CHILD_MIB`` (512 MiB resident): a slow leak or
+  one large result parsed in memory costs a fork, not an OOM kill of the pod mid-task.
 - Results are ignored; only ids and plain JSON cross the broker.
 - Redis restarts: the worker reconnects forever (``broker_connection_max_retries=None``;
   Celery's default gives up after 100 tries) and keeps running tasks running
@@ -30,6 +42,7 @@ from collections.abc import Callable
 from functools import cached_property
 from typing import Any, TypeVar
 
+import pydantic
 import redis
 import structlog
 from celery import Celery
@@ -39,9 +52,10 @@ from core.broker import broker_config
 from core.logs import configure_logging
 from core.queues import ARCHIVE_TASK
 from core.redis_client import connect
-from core.settings import Settings, load_settings
+from core.settings import Settings, load_settings, settings_error
 from worker import metrics
 from worker.recovery import Incarnation, broker_restorer
+from worker.timeouts import check_timeouts, time_limits
 
 T = TypeVar("T")
 
@@ -98,6 +112,9 @@ class AsrCelery(Celery):  # type: ignore[misc]  # Celery is untyped
             found: T = built[name]
             return found
 
+
+SHUTDOWN_MARGIN_SECONDS = 15.0
+"""Cancelling tasks, requeueing their messages and retiring take at most this long (s)."""
 
 PUBLISH_RETRY_POLICY: dict[str, float | None] = {
     "max_retries": 60,
@@ -164,15 +181,23 @@ def beat_schedule(interval_s: float) -> dict[str, dict[str, Any]]:
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery configuration for ``settings`` (see the module docstring for the reasoning)."""
-    visibility = settings.broker_visibility_timeout_seconds
+    soft_limit, hard_limit = time_limits(settings)
     return {
         **broker_config(settings),
+        # A task may run twice; a killed worker's message must come back.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
+        # One unstarted message per process: a dead worker strands at most that many.
         "worker_prefetch_multiplier": 1,
         "worker_direct": True,  # each worker also consumes <node>.dq2: worker/health.py
-        "task_soft_time_limit": int(visibility * 0.8),
-        "task_time_limit": int(visibility * 0.9),
+        # Killed before the visibility timeout redelivers the message (worker/timeouts.py).
+        "task_soft_time_limit": soft_limit,
+        "task_time_limit": hard_limit,
+        # Shutdown below the orchestrator's grace period: tasks cancelled, messages requeued.
+        "worker_soft_shutdown_timeout": settings.worker_soft_shutdown_seconds,
+        # Bounded leaks: a child is replaced after N tasks or above the resident size (KiB).
+        "worker_max_tasks_per_child": settings.worker_max_tasks_per_child,
+        "worker_max_memory_per_child": settings.worker_max_memory_per_child_mib * 1024,
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,  # structlog writes JSON lines to stdout itself
         "worker_send_task_events": True,
@@ -189,9 +214,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 def create_celery(settings: Settings | None = None) -> AsrCelery:
     """Build the Celery app for ``settings`` (default: read from the environment).
 
-    Configures logging and connects the worker's signal handlers (both idempotent).
+    Configures logging and connects the worker's signal handlers (both idempotent). Raises
+    :class:`core.settings.SettingsError` (one line naming the variables) for an invalid setting
+    or timing settings that clash (:func:`worker.timeouts.check_timeouts`).
     """
-    settings = settings or load_settings()
+    if settings is None:
+        try:
+            settings = load_settings()
+        except pydantic.ValidationError as exc:
+            raise settings_error(exc) from None
+    check_timeouts(settings)
     configure_logging(settings.log_format)
     guard_redis_channels()
     connect_signals()
@@ -214,6 +246,7 @@ def _serve_metrics(sender: Any, **_: Any) -> None:
     """Serve the worker's metrics on ``WORKER_METRICS_PORT`` once the worker is ready."""
     settings: Settings = sender.app.settings
     if settings.worker_metrics_port is not None:
+        metrics.prime()
         metrics.serve(settings.worker_metrics_port, settings.prometheus_multiproc_dir)
         structlog.get_logger(__name__).info("metrics served", port=settings.worker_metrics_port)
 

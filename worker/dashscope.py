@@ -41,6 +41,7 @@ import tenacity
 from core.errors import PermanentError, Reason, TransientError, is_retryable_status
 from core.models import is_single_file
 from core.settings import Settings
+from worker import metrics
 
 
 class DashScopeError(PermanentError):
@@ -274,9 +275,18 @@ class DashScopeClient:
             if method == "POST" and not isinstance(exc, _NOT_SENT):
                 raise AmbiguousSubmitError(what) from exc
             raise TransientError(what, reason=Reason.DASHSCOPE_NETWORK) from exc
+        if response.status_code == 429:
+            metrics.dashscope_throttled(_operation(method, path), _error_fields(response)[0])
         if method == "POST" and response.status_code in _AMBIGUOUS_STATUSES:
             raise AmbiguousSubmitError(f"DashScope {method} {path} answered {response.status_code}")
         return _check(response)
+
+
+def _operation(method: str, path: str) -> str:
+    """The metric label of a call: ``submit``, ``list`` or ``query``."""
+    if method == "POST":
+        return "submit"
+    return "list" if path == "tasks" else "query"
 
 
 def _worth_retrying(exc: BaseException) -> bool:

@@ -3,6 +3,10 @@
 Used for the DashScope query budget (``DASHSCOPE_QUERY_QPS``, account limit 20 QPS per
 `docs/dashscope-transcription.md`, "Querying a task") and the per-model submission limits.
 The refill clock is Redis's own ``TIME``, so processes on different machines agree.
+
+Metrics (`docs/metrics.md`): ``asr_ratelimit_tokens_total{bucket}`` counts tokens granted and
+``asr_ratelimit_wait_seconds{bucket, outcome}`` the time :meth:`RateLimiter.acquire` blocked;
+``bucket`` is the key without its ``asr:ratelimit:`` prefix (``query``, ``submit:<family>``).
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ import time
 import redis
 
 from core.errors import Reason, TransientError
+from worker import metrics
+
+KEY_PREFIX = "asr:ratelimit:"
 
 # KEYS[1] bucket hash; ARGV: rate (tokens/s), burst (tokens), ttl (s).
 # Returns 0 when a token was taken, else the wait in microseconds until one is available.
@@ -43,6 +50,7 @@ class RateLimiter:
         if rate <= 0 or burst < 1:
             raise ValueError("rate must be > 0 and burst >= 1")
         self.key = key
+        self.bucket = key.removeprefix(KEY_PREFIX)
         self.rate = rate
         self.burst = burst
         self._take = client.register_script(_TAKE)
@@ -51,19 +59,24 @@ class RateLimiter:
         """Take a token if one is available: 0.0, else the wait in seconds until one may be."""
         ttl = max(60, int(self.burst / self.rate) + 60)
         wait_us = int(self._take(keys=[self.key], args=[self.rate, self.burst, ttl]))
+        if wait_us == 0:
+            metrics.token_granted(self.bucket)
         return wait_us / 1_000_000
 
     def acquire(self, timeout_s: float = 30.0) -> None:
         """Block until a token is taken; raises :class:`TransientError` after ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
+        started = time.monotonic()
+        deadline = started + timeout_s
         while (wait := self.try_acquire()) > 0:
             if time.monotonic() + wait > deadline:
+                metrics.token_wait(self.bucket, time.monotonic() - started, granted=False)
                 raise TransientError(f"rate limit {self.key} busy", reason=Reason.RATE_LIMITED)
             time.sleep(wait)
+        metrics.token_wait(self.bucket, time.monotonic() - started, granted=True)
 
 
-QUERY_BUCKET_KEY = "asr:ratelimit:query"
-SUBMIT_BUCKET_KEY = "asr:ratelimit:submit:{family}"
+QUERY_BUCKET_KEY = KEY_PREFIX + "query"
+SUBMIT_BUCKET_KEY = KEY_PREFIX + "submit:{family}"
 
 
 def query_limiter(client: redis.Redis, qps: float) -> RateLimiter:

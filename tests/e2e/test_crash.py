@@ -66,6 +66,10 @@ def test_worker_killed_halfway_changes_nothing(
         REDIS_URL=redis_url,
         BROKER_VISIBILITY_TIMEOUT_SECONDS="10",
         ARCHIVE_STUCK_AFTER_SECONDS="20",
+        # consistent with it (worker/timeouts.py): lease below, countdowns at most half
+        ARCHIVE_LEASE_SECONDS="3",
+        ARCHIVE_RETRY_MAX_SECONDS="5",
+        DASHSCOPE_BREAKER_PROBE_SECONDS="5",
     )
     stack.start_many(
         [webhook_spec(web_port, env), worker_spec(env, beat_schedule=tmp_path / "beat")]

@@ -149,6 +149,10 @@ def test_lost_answers_and_a_kill_mid_submission_make_one_task_per_batch(
     env = _env(box, public_url, tmp_path, redis_url, moto_endpoint, s3_bucket)
     env.update(
         BROKER_VISIBILITY_TIMEOUT_SECONDS="10",
+        # consistent with it (worker/timeouts.py): lease below, countdowns at most half
+        ARCHIVE_LEASE_SECONDS="3",
+        ARCHIVE_RETRY_MAX_SECONDS="5",
+        DASHSCOPE_BREAKER_PROBE_SECONDS="5",
         DASHSCOPE_TIMEOUT_SECONDS="8",
         SUBMIT_UNCERTAIN_SETTLE_SECONDS="10",
         SUBMIT_BATCH_SIZE="2",

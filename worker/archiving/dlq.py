@@ -15,8 +15,10 @@ from typing import cast
 
 import redis
 
+from core.gauges import DEAD_LETTER_KEYS
 from core.logs import redact_urls
 from core.store import ReceiptStore
+from worker import metrics
 from worker.archiving.lease import reset_deliveries
 
 DLQ_KEY = "asr:dlq"
@@ -38,6 +40,9 @@ class DeadLetter:
 class DeadLetters:
     """Add, list, read and remove dead letters. Redis errors propagate.
 
+    Each letter written counts ``asr_dead_letters_written_total{kind, reason}``; ``kind`` is
+    the key's name in :data:`core.gauges.DEAD_LETTER_KEYS` (``archive``, ``notify``).
+
     ``key`` names the list (default the archive's, ``asr:dlq``; its index is ``<key>:index``):
     notifications keep theirs apart under ``asr:notify:dlq``.
     """
@@ -45,6 +50,7 @@ class DeadLetters:
     def __init__(self, client: redis.Redis, *, key: str = DLQ_KEY) -> None:
         self._redis = client
         self._key, self._index = key, f"{key}:index"
+        self._kind = {v: k for k, v in DEAD_LETTER_KEYS.items()}.get(key, "other")
 
     def add(
         self, task_id: str, reason: str, attempts: int, last_error: str, *, now: float | None = None
@@ -61,6 +67,7 @@ class DeadLetters:
         pipe.hset(self._key, task_id, json.dumps(asdict(letter)))
         pipe.zadd(self._index, {task_id: letter.failed_at})
         pipe.execute()
+        metrics.dead_letter_written(self._kind, reason)
         return letter
 
     def get(self, task_id: str) -> DeadLetter | None:

@@ -178,6 +178,7 @@ class ArchiveService:
             return self._dead_letter(task_id, missing, attempt)
         if not taken:
             raise self._busy(lease, attempt - 1)
+        metrics.receipt_lag(receipt, attempt=attempt, replay=replay)
         return self._holding(receipt, lease, attempt, replay)
 
     def _busy(self, lease: Lease, retries: int) -> RetryLater:

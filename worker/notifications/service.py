@@ -12,15 +12,14 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import cache
 from typing import Literal
 
 import redis
 import structlog
-from prometheus_client import Counter
 
 from core.errors import PermanentError, PipelineError
 from core.settings import Settings
+from worker import metrics
 from worker.archiving import manifest as mf
 from worker.archiving.destinations import Destination, open_destinations
 from worker.archiving.dlq import DeadLetters
@@ -33,16 +32,6 @@ RETRY_BASE_SECONDS, RETRY_MAX_SECONDS = 5.0, 600.0
 
 NotifyOutcome = Literal["sent", "already_sent", "no_manifest", "dead"]
 log = structlog.get_logger(__name__)
-
-
-@cache
-def _counters() -> tuple[Counter, Counter]:
-    """Registered on first use (never at import)."""
-    sent = Counter("asr_notify_sent", "Announcements answered 2xx by NOTIFY_URL.")
-    failed = Counter(
-        "asr_notify_failures", "Failed announcement attempts, by error reason.", ["reason"]
-    )
-    return sent, failed
 
 
 def backoff_seconds(retries: int) -> float:
@@ -82,10 +71,10 @@ class NotifyService:
         try:
             self.notifier.send(webhook_id(task_id), body, now=now)
         except PipelineError as exc:
-            _counters()[1].labels(reason=str(exc.reason)).inc()
+            metrics.notify_failed(str(exc.reason))
             raise
         self.client.set(sent_key, "1", ex=self.settings.dedupe_ttl_seconds)
-        _counters()[0].inc()
+        metrics.notify_sent()
         return "sent"
 
     def give_up(self, task_id: str, error: PipelineError, attempts: int) -> NotifyOutcome:

@@ -27,25 +27,27 @@ State lives in Redis, shared by every worker process::
 - **close**: any successful submit deletes the hash; the call that deleted it logs
   ``dashscope_breaker_closed``. Deferred batches wake on their own (their countdown) and go on.
 
-Metrics (prometheus-client, registered on first use): ``asr_dashscope_breaker_transitions``
-(counter, labels ``state`` = ``open``/``closed`` and ``code``) and
-``asr_dashscope_breaker_open`` (gauge, 1 while open as last seen by any process; multi-process
-mode ``mostrecent``).
+Metrics (`docs/metrics.md`): ``asr_dashscope_breaker_transitions_total`` (counter, labels
+``state`` = ``open``/``closed`` and ``code``, :mod:`worker.metrics`), counted by the call that
+changed the state; ``asr_dashscope_breaker_open`` (gauge, 1 while the hash exists) is read from
+Redis at scrape time (:mod:`core.gauges`), so every process reports the shared state, not the
+last transition it happened to see.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from functools import cache
 
 import redis
 import structlog
-from prometheus_client import Counter, Gauge
+
+from core.gauges import BREAKER_KEY
+from worker import metrics
 
 log = structlog.get_logger(__name__)
 
-STATE_KEY = "asr:breaker:account"
+STATE_KEY = BREAKER_KEY
 PROBE_KEY = "asr:breaker:probe"
 WAITING, PROBING = "waiting", "probing"
 PROBE_POLL_S = 5.0
@@ -59,29 +61,6 @@ class Admission:
 
     wait: float
     probe: bool
-
-
-@dataclass(frozen=True)
-class _BreakerMetrics:
-    transitions: Counter
-    open: Gauge
-
-
-@cache
-def _metrics() -> _BreakerMetrics:
-    """Register the breaker's metrics on first use (never at import)."""
-    return _BreakerMetrics(
-        transitions=Counter(
-            "asr_dashscope_breaker_transitions",
-            "Account circuit breaker state changes, by new state and DashScope code.",
-            ["state", "code"],
-        ),
-        open=Gauge(
-            "asr_dashscope_breaker_open",
-            "1 while submissions are paused by an account-wide DashScope error.",
-            multiprocess_mode="mostrecent",
-        ),
-    )
 
 
 class AccountBreaker:
@@ -116,8 +95,7 @@ class AccountBreaker:
             self._redis.hset(STATE_KEY, "opened_at", repr(time.time()))
             self._redis.set(PROBE_KEY, WAITING, px=int(self.probe_s * 1000))
             log.warning("dashscope_breaker_opened", code=code, probe_every_s=self.probe_s)
-            _metrics().transitions.labels(state="open", code=code).inc()
-            _metrics().open.set(1)
+            metrics.breaker_transition("open", code)
             return
         self._redis.set(PROBE_KEY, WAITING, px=int(self.probe_s * 1000))  # a failed probe
 
@@ -126,5 +104,4 @@ class AccountBreaker:
         code = self.open_code()
         if code is not None and self._redis.delete(STATE_KEY):
             log.info("dashscope_breaker_closed", code=code)
-            _metrics().transitions.labels(state="closed", code=code).inc()
-            _metrics().open.set(0)
+            metrics.breaker_transition("closed", code)

@@ -41,6 +41,9 @@ and 4xx refusals are given up with a warning.
 A sweep stops early when the query budget has no token within
 :data:`~worker.submission.tasklist.BUDGET_WAIT_S` or a call fails after the client's retries
 (DashScope refusing the account included); the watermark then stays where it was.
+
+Every task archived by a pass counts ``asr_reconcile_tasks_found_total{pass}`` (``account``,
+``due``): a task found here is an event that never reached the webhook (`docs/metrics.md`).
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ import structlog
 
 from core.errors import PermanentError, TransientError
 from core.store import ReceiptStore
+from worker import metrics
 from worker.dashscope import DashScopeClient
 from worker.ratelimit import RateLimiter
 from worker.submission.submissions import SubmissionStore
@@ -217,6 +221,7 @@ class Reconciler:
         body = listed_event(task, time.time())
         if self._claim(task.task_id, task.model, body):
             report.archived.append(task.task_id)
+            metrics.tasks_reconciled("account")
         return True
 
     def _claim(self, task_id: str, model: str, body: bytes) -> bool:
@@ -273,6 +278,7 @@ class Reconciler:
             body = synthesise_event(task_id, sub.model, answer, time.time())
             if self._claim(task_id, sub.model, body):
                 report.archived.append(task_id)
+                metrics.tasks_reconciled("due")
         elif status in ("PENDING", "RUNNING", "SUSPENDED"):
             report.pending.append(task_id)  # take_due moved it RECHECK_S ahead
         else:

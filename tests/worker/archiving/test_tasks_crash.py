@@ -38,6 +38,9 @@ def test_killed_worker_resumes_after_restart(
         "RESULT_URL_REGEX": result_server.url_regex,
         "BROKER_VISIBILITY_TIMEOUT_SECONDS": str(VISIBILITY_S),
         "ARCHIVE_LEASE_SECONDS": "2",
+        # countdowns at most half the visibility timeout (worker/timeouts.py)
+        "ARCHIVE_RETRY_MAX_SECONDS": "2",
+        "DASHSCOPE_BREAKER_PROBE_SECONDS": "2",
         "ARCHIVE_SPOOL_DIR": str(tmp_path),
     }
     body = te.event("t-crash", "fun-asr", te.batch_output("t-crash", [te.ok(url_a), te.ok(url_b)]))

@@ -215,7 +215,21 @@ def test_the_breaker_logs_and_counts_each_state_change_once(redis_client: redis.
     second.reset()
     first.reset()
     assert (count("open") - opened, count("closed") - closed) == (1.0, 1.0)
-    assert REGISTRY.get_sample_value("asr_dashscope_breaker_open") == 0.0
+    assert _breaker_open(redis_client) == 0.0
+    first.trip("Arrearage")
+    assert _breaker_open(redis_client) == 1.0
+    first.reset()
+
+
+def _breaker_open(client: redis.Redis) -> float | None:
+    """``asr_dashscope_breaker_open`` as a scrape reads it from Redis (core.gauges)."""
+    from prometheus_client import CollectorRegistry
+
+    from core.gauges import StateCollector
+
+    registry = CollectorRegistry()
+    registry.register(StateCollector(client))
+    return registry.get_sample_value("asr_dashscope_breaker_open")
 
 
 def test_the_resolver_compares_paths_without_query_strings() -> None:
