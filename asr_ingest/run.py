@@ -100,28 +100,9 @@ def start_local_parts(
     :class:`asr_ingest.stack.StackError` when a part does not become ready.
     """
     configured = settings.model_fields_set
-    env: dict[str, str] = {
-        "REDIS_URL": settings.redis_url,
-        "CELERY_BROKER_URL": settings.broker_url,
-    }
-    if "redis_url" not in configured:
-        env["REDIS_URL"] = _local_redis(stack, home)
-        env["CELERY_BROKER_URL"] = broker_url_for(env["REDIS_URL"])
-    if "celery_broker_url" in configured:
-        env["CELERY_BROKER_URL"] = settings.broker_url
-    if "media_url" not in configured:
-        env.update(LOCAL_KEYS, **_start_media_store(stack))
-    if "archive_urls" not in configured:
-        env["ARCHIVE_URLS"] = (Path.cwd() / "archive").as_uri()
-    public_url = settings.webhook_public_url
-    web: int | socket.socket
-    if public_url and urlsplit(public_url).port:  # e.g. a tunnel's URL with the local port
-        web = int(urlsplit(public_url).port or 0)
-    else:  # held from now on: no other process can take the port before gunicorn has it
-        web = listening_socket()
-        local_url = f"http://127.0.0.1:{web.getsockname()[1]}/callbacks/eventbridge"
-        public_url = public_url or local_url
-        env["WEBHOOK_PUBLIC_URL"] = public_url
+    env = _stores(stack, settings, home)
+    web, public_url = _webhook_address(settings)
+    env["WEBHOOK_PUBLIC_URL"] = public_url
     if "dashscope_api_key" not in configured:
         sandbox = stack.start(sandbox_spec(free_port(), public_url, extra_args=sandbox_args))
         env.update(sandbox_env(sandbox))
@@ -134,6 +115,33 @@ def start_local_parts(
         if isinstance(web, socket.socket):
             web.close()  # gunicorn holds its own copy
     return env
+
+
+def _stores(stack: Stack, settings: Settings, home: Path) -> dict[str, str]:
+    """Redis, the broker, the media store and the archive: configured, else started here."""
+    configured = settings.model_fields_set
+    env = {"REDIS_URL": settings.redis_url, "CELERY_BROKER_URL": settings.broker_url}
+    if "redis_url" not in configured:
+        env["REDIS_URL"] = _local_redis(stack, home)
+        env["CELERY_BROKER_URL"] = broker_url_for(env["REDIS_URL"])
+    if "celery_broker_url" in configured:
+        env["CELERY_BROKER_URL"] = settings.broker_url
+    if "media_url" not in configured:
+        env.update(LOCAL_KEYS, **_start_media_store(stack))
+    if "archive_urls" not in configured:
+        env["ARCHIVE_URLS"] = (Path.cwd() / "archive").as_uri()
+    return env
+
+
+def _webhook_address(settings: Settings) -> tuple[int | socket.socket, str]:
+    """Where the local webhook listens (a port, or a listening socket held from now on so no
+    other process can take it) and the public URL events are signed for."""
+    public_url = settings.webhook_public_url
+    if public_url and urlsplit(public_url).port:  # e.g. a tunnel's URL with the local port
+        return int(urlsplit(public_url).port or 0), public_url
+    web = listening_socket()
+    local_url = f"http://127.0.0.1:{web.getsockname()[1]}/callbacks/eventbridge"
+    return web, public_url or local_url
 
 
 def _local_redis(stack: Stack, home: Path) -> str:

@@ -88,6 +88,14 @@ def create_app(service: SandboxService) -> Flask:
     def api_error(exc: ApiError) -> Any:
         return jsonify(service.error_body(exc)), exc.status
 
+    _api_routes(app, service)
+    _other_routes(app, service)
+    return app
+
+
+def _api_routes(app: Flask, service: SandboxService) -> None:
+    """DashScope's task routes: submit, list, query, cancel."""
+
     @app.post("/api/v1/services/audio/asr/transcription")
     def submit() -> Any:
         answer = service.submit(_headers(), request.get_json(force=True, silent=True))
@@ -108,6 +116,10 @@ def create_app(service: SandboxService) -> Flask:
     @app.post("/api/v1/tasks/<task_id>/cancel")
     def cancel(task_id: str) -> Any:
         return service.cancel(_headers(), task_id)
+
+
+def _other_routes(app: Flask, service: SandboxService) -> None:
+    """Result files, the signing certificate, the stand-in's own state and faults, liveness."""
 
     @app.get(RESULTS_PREFIX + "<task_id>/<name>")
     def result(task_id: str, name: str) -> Any:
@@ -137,5 +149,3 @@ def create_app(service: SandboxService) -> Flask:
     @app.get("/livez")
     def livez() -> Any:
         return {"status": "pass"}
-
-    return app
