@@ -74,7 +74,8 @@ class Progress:
     ``destinations`` (their URLs) scope the record: after ``ARCHIVE_URLS`` changes, a replay
     writes everything to the new set instead of trusting progress made for the old one.
     The hash is read once per run (one ``HGETALL``, on the first :meth:`done`); each record is
-    one ``HSET``, the first of a run with the ``EXPIRE`` beside it (one round trip). Thread-safe.
+    one ``HSET``, the first of a run with the ``EXPIRE`` in the same transaction (so the key never
+    lives without its expiry). Thread-safe.
     """
 
     def __init__(
@@ -104,8 +105,8 @@ class Progress:
             expiring = self._expiring
         if expiring:
             self._redis.hset(self._key, name, json.dumps(record))
-        else:  # the first of the run: HSET and EXPIRE in one round trip
-            pipe = self._redis.pipeline(transaction=False)
+        else:  # the first of the run: HSET and EXPIRE at once
+            pipe = self._redis.pipeline(transaction=True)
             pipe.hset(self._key, name, json.dumps(record))
             pipe.expire(self._key, self._ttl)
             pipe.execute()

@@ -324,7 +324,7 @@ def test_progress_costs_one_read_per_run_and_one_write_per_object(
     local: Destination,
 ) -> None:  # fmt: skip
     """A run reads its progress once (HGETALL) and records each object with one HSET; the
-    key's expiry is set once; a second run skips everything it recorded."""
+    key's expiry is set once, with the first record; a second run skips what it recorded."""
     urls = [result_server.add(f"/r/{n}.json", BODY_A) for n in range(3)]
     output = te.batch_output("t-rc", [te.ok(u) for u in urls])
     receipt = store_event(redis_client, "t-rc", te.event("t-rc", "fun-asr", output))
@@ -333,7 +333,7 @@ def test_progress_costs_one_read_per_run_and_one_write_per_object(
     after = commands(redis_client)
     spent = {name: after[name] - before.get(name, 0) for name in after}
     spent = {name: calls for name, calls in spent.items() if calls and name != "info"}
-    assert spent == {"hgetall": 1, "hset": 4, "expire": 1}  # event.json + 3 files
+    assert spent == {"hgetall": 1, "hset": 4, "multi": 1, "expire": 1, "exec": 1}  # event + 3
     assert 0 < redis_client.ttl("asr:archive:progress:t-rc") <= 600
     run(Archiver([local], fetcher), redis_client, receipt)
     assert all(result_server.hits(f"/r/{n}.json") == 1 for n in range(3))
