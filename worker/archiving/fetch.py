@@ -135,6 +135,11 @@ class _Body:
             self._parser.send(chunk)
         self._write(self._scrubber.feed(chunk))
 
+    def expect(self, declared: int) -> None:
+        """The answer declares ``declared`` bytes: past ``memory_bytes``, spool from the start."""
+        if declared > self.memory_bytes and self._file is None:
+            self._spill()
+
     def _write(self, data: bytes) -> None:
         assert self._file is not None
         self._stored.update(data)
@@ -148,10 +153,11 @@ class _Body:
         self.path = Path(name)
         self._file = os.fdopen(handle, "wb")
         self._parser = ijson.basic_parse_coro(_discard())
-        head, self.head = b"".join(self.head), []
-        with _json_errors():
-            self._parser.send(head)
-        self._write(self._scrubber.feed(head))
+        head, self.head = self.head, []
+        for chunk in head:  # chunk by chunk: no joined copy of the head
+            with _json_errors():
+                self._parser.send(chunk)
+            self._write(self._scrubber.feed(chunk))
 
     def finish(self) -> FetchedBody:
         """Close the spool and check the JSON; the body, or :class:`PermanentError`."""
@@ -347,6 +353,7 @@ class ResultFetcher:
                     continue
                 _check_status(answer, strip_query(target))
                 self._declared(answer, deadline)
+                body.expect(deadline.declared)
                 for chunk in answer.iter_bytes():  # as they arrive: the deadline is checked
                     body.feed(chunk)
                     deadline.check(body.size, strip_query(target))
