@@ -206,6 +206,12 @@ class ReceiptStore:
     def load(self, task_id: str) -> Receipt | None:
         """The stored receipt of ``task_id``, or None when none is stored (or it expired)."""
         raw = cast("dict[bytes, bytes]", self._redis.hgetall(self.key(task_id)))
+        return self.decode(task_id, raw)
+
+    @staticmethod
+    def decode(task_id: str, raw: dict[bytes, bytes]) -> Receipt | None:
+        """The receipt in ``raw`` (a receipt hash's fields as ``HGETALL`` returns them), or
+        None when it holds no body."""
         if not raw or b"body" not in raw:
             return None
         text = {k.decode(): v.decode() for k, v in raw.items() if k != b"body"}

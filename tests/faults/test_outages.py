@@ -10,6 +10,7 @@ from pathlib import Path
 import boto3
 import redis
 
+from core.settings import load_settings
 from tests.faults.support import Clock, deliver, manifest, producer, report, state, worker_env
 from tests.fixtures.faults import RestartableMoto
 from tests.fixtures.worker import WorkerFactory, wait_until
@@ -56,8 +57,9 @@ def test_object_stores_down_for_a_minute(
 ) -> None:  # fmt: skip
     """S3 and OSS (one moto server behind both) refuse connections for 60 s while three tasks
     arrive: every task is archived after they return, none is dead-lettered or replayed.
-    The wait after the return is the backoff in force: during a 60 s outage a task's
-    countdown grows to at most 2 s x 2**6 = 128 s (full jitter: usually far less)."""
+    The wait after the return is the backoff in force, bounded by ARCHIVE_RETRY_MAX_SECONDS
+    (300 s by default): full jitter makes some countdowns tiny, so more retries fit in the
+    outage and the next countdown may reach the cap (usually it is far less)."""
     s3 = boto3.client("s3", endpoint_url=restartable_moto.url, region_name="us-east-1")
     s3.create_bucket(Bucket="outage")
     env = worker_env(result_server, ["s3://outage/arch", "oss://outage/oss"], tmp_path / "spool")
@@ -75,7 +77,8 @@ def test_object_stores_down_for_a_minute(
     assert not any(state(redis_client, t) == "archived" for t in ids)
     restartable_moto.start()
     clock = Clock()
-    wait_until(lambda: all(state(redis_client, t) == "archived" for t in ids), 140, "archived")
+    bound = load_settings().archive_retry_max_seconds + 30  # the cap, plus the run itself
+    wait_until(lambda: all(state(redis_client, t) == "archived" for t in ids), bound, "archived")
     report("S3+OSS down 60 s: return to all archived", clock())
     assert DeadLetters(redis_client).list() == []
     for task_id in ids:

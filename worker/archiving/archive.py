@@ -74,6 +74,9 @@ class Progress:
 
     ``destinations`` (their URLs) scope the record: after ``ARCHIVE_URLS`` changes, a replay
     writes everything to the new set instead of trusting progress made for the old one.
+    The hash is read once per run (one ``HGETALL``, on the first :meth:`done`); each record is
+    one ``HSET``, the first of a run with the ``EXPIRE`` in the same transaction (so the key never
+    lives without its expiry). Thread-safe.
     """
 
     def __init__(
@@ -85,18 +88,33 @@ class Progress:
             scope = hashlib.sha256("\n".join(destinations).encode()).hexdigest()[:12]
             self._key += f":{scope}"
         self._ttl = ttl_s
+        self._lock = threading.Lock()
+        self._records: dict[str, dict[str, Any]] | None = None
+        self._expiring = False
 
     def done(self, name: str) -> dict[str, Any] | None:
         """The record stored for ``name`` (``event`` or ``file:<n>``), or None."""
-        raw = cast("bytes | None", self._redis.hget(self._key, name))
-        return cast("dict[str, Any]", json.loads(raw)) if raw else None
+        with self._lock:
+            if self._records is None:
+                raw = cast("dict[bytes, bytes]", self._redis.hgetall(self._key))
+                self._records = {k.decode(): json.loads(v) for k, v in raw.items()}
+            return self._records.get(name)
 
     def mark(self, name: str, record: dict[str, Any]) -> None:
         """Record ``name`` as written everywhere."""
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.hset(self._key, name, json.dumps(record))
-        pipe.expire(self._key, self._ttl)
-        pipe.execute()
+        with self._lock:
+            expiring = self._expiring
+        if expiring:
+            self._redis.hset(self._key, name, json.dumps(record))
+        else:  # the first of the run: HSET and EXPIRE at once
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.hset(self._key, name, json.dumps(record))
+            pipe.expire(self._key, self._ttl)
+            pipe.execute()
+        with self._lock:
+            self._expiring = True
+            if self._records is not None:
+                self._records[name] = record
 
 
 class Archiver:
@@ -207,12 +225,7 @@ class Archiver:
                 return PermanentError(repr(exc)[:500], reason=Reason.INTERNAL_ERROR)
             return None
 
-        with ThreadPoolExecutor(max_workers=self.file_concurrency) as pool:
-            # each file in a copy of this context: log lines keep the bound task_id
-            futures = [
-                pool.submit(contextvars.copy_context().run, archive, n) for n in range(len(entries))
-            ]
-            outcomes = [future.result() for future in futures]
+        outcomes = self._each(archive, len(entries))
         failed = [exc for exc in outcomes if exc is not None]
         transient = [exc for exc in failed if isinstance(exc, TransientError)]
         if transient and not final():
@@ -224,6 +237,19 @@ class Archiver:
                 metrics.failure(exc.reason)
                 errors.append(exc)
         return files, errors
+
+    def _each(
+        self, archive: Callable[[int], PipelineError | None], count: int
+    ) -> list[PipelineError | None]:
+        """``archive(n)`` for every file; one file (or one thread) runs here, without a pool."""
+        if count <= 1 or self.file_concurrency <= 1:
+            return [archive(n) for n in range(count)]
+        with ThreadPoolExecutor(max_workers=min(self.file_concurrency, count)) as pool:
+            # each file in a copy of this context: log lines keep the bound task_id
+            futures = [
+                pool.submit(contextvars.copy_context().run, archive, n) for n in range(count)
+            ]
+            return [future.result() for future in futures]
 
     def _archive_entry(
         self, event: TaskEvent, entry: ResultEntry, progress: Progress, fresh: dict[str, TaskEvent]

@@ -16,6 +16,11 @@ Keys (``asr:archive:`` prefix):
 ``asr:archive:deliveries:<task_id>`` (integer)
     runs of this task that started and did not finish (the process died): the poison-loop
     guard. Every run that ends, whatever its outcome, resets it.
+
+Round trips: the service's run is three scripts, each atomic: :meth:`Lease.acquire_for` (load
+the receipt, take the lease, enter the in-flight set), :func:`start_run` (count the delivery,
+receipt ``archiving``) and :meth:`Lease.release_archived` (receipt ``archived``, count reset,
+lease released, out of the in-flight set); the heartbeat's renewal is one script too.
 """
 
 from __future__ import annotations
@@ -27,22 +32,66 @@ import time
 import uuid
 from dataclasses import dataclass
 from types import TracebackType
-from typing import cast
+from typing import Any, cast
 
 import redis
 
 from core.errors import Reason, TransientError
+from core.store import OPEN_KEY, PENDING_KEY, Receipt, ReceiptStore
 
 LEASE_KEY = "asr:archive:lease:{task_id}"
 INFLIGHT_KEY = "asr:archive:inflight"
 DELIVERIES_KEY = "asr:archive:deliveries:{task_id}"
 
-# KEYS[1] lease; ARGV token, ttl ms. 1 when the token still held it.
+# KEYS[1] lease, KEYS[2] in-flight set; ARGV token, ttl ms, now, task_id.
+# 1 when the token still held it (then the heartbeat is recorded too).
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+  return 1
 end
 return 0
+"""
+# KEYS[1] lease, KEYS[2] in-flight set, KEYS[3] receipt hash (optional);
+# ARGV token, ttl ms, now, task_id. {taken 0/1, holder ('' when taken or free), receipt fields}.
+# With a receipt key and no stored body nothing is taken.
+_ACQUIRE = """
+local fields = {}
+if KEYS[3] then
+  if redis.call('HEXISTS', KEYS[3], 'body') == 0 then return {0, '', fields} end
+  fields = redis.call('HGETALL', KEYS[3])
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', tonumber(ARGV[2])) then
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+  return {1, '', fields}
+end
+return {0, redis.call('GET', KEYS[1]) or '', fields}
+"""
+# KEYS[1] deliveries, KEYS[2] receipt, KEYS[3] pending set, KEYS[4] open set;
+# ARGV ttl s, max deliveries, now, task_id. The count; the receipt is set ``archiving``
+# (as ReceiptStore.set_state does) only when the count is within the limit.
+_START_RUN = """
+local count = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+if count <= tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[2], 'state', 'archiving')
+  redis.call('ZREM', KEYS[3], ARGV[4])
+  redis.call('ZADD', KEYS[4], 'NX', ARGV[3], ARGV[4])
+end
+return count
+"""
+# KEYS[1] receipt, KEYS[2] pending, KEYS[3] open, KEYS[4] deliveries, KEYS[5] lease,
+# KEYS[6] in-flight set; ARGV task_id, token. ReceiptStore.set_state(archived) +
+# reset_deliveries + Lease.release(finished=True), at once.
+_RELEASE_ARCHIVED = """
+redis.call('HSET', KEYS[1], 'state', 'archived')
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('DEL', KEYS[4])
+if redis.call('GET', KEYS[5]) == ARGV[2] then redis.call('DEL', KEYS[5]) end
+redis.call('ZREM', KEYS[6], ARGV[1])
+return 1
 """
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -132,6 +181,7 @@ class Lease:
         self._stop = threading.Event()
         self._lost = False
         self._thread: threading.Thread | None = None
+        self.released = False
 
     @staticmethod
     def held(client: redis.Redis, task_id: str) -> bool:
@@ -140,20 +190,35 @@ class Lease:
 
     def acquire(self) -> bool:
         """Take the lease if nobody holds it, or its holder died on this host; True when taken."""
-        taken = self._redis.set(self.key, self._token, nx=True, px=self._ttl_ms)
-        if not taken and not self._take_over():
+        taken, _ = self._acquire(None)
+        return taken
+
+    def acquire_for(self, store: ReceiptStore) -> tuple[Receipt | None, bool]:
+        """Load the task's receipt from ``store`` and, when there is one, :meth:`acquire`;
+        one round trip (unless the holder must be checked). ``(receipt or None, taken)``."""
+        taken, fields = self._acquire(store.key(self.task_id))
+        return ReceiptStore.decode(self.task_id, fields), taken
+
+    def _acquire(self, receipt_key: str | None) -> tuple[bool, dict[bytes, bytes]]:
+        keys = [self.key, INFLIGHT_KEY] + ([receipt_key] if receipt_key else [])
+        args: list[str | int | float] = [self._token, self._ttl_ms, time.time(), self.task_id]
+        answer = cast("list[Any]", self._redis.eval(_ACQUIRE, len(keys), *keys, *args))
+        taken, holder, flat = answer
+        fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        if receipt_key and not fields:
+            return False, fields
+        if not taken and not (holder and self._take_over(holder)):
+            return False, fields
+        return True, fields
+
+    def _take_over(self, raw: bytes) -> bool:
+        holder = Holder.parse(raw.decode())
+        if holder is None or not holder_dead(holder):
+            return False
+        if not self._redis.eval(_TAKE_OVER, 1, self.key, raw, self._token, self._ttl_ms):
             return False
         self._redis.zadd(INFLIGHT_KEY, {self.task_id: time.time()})
         return True
-
-    def _take_over(self) -> bool:
-        raw = cast("bytes | None", self._redis.get(self.key))
-        holder = Holder.parse(raw.decode()) if raw else None
-        if holder is None or not holder_dead(holder):
-            return False
-        assert raw is not None
-        taken = self._redis.eval(_TAKE_OVER, 1, self.key, raw, self._token, self._ttl_ms)
-        return bool(taken)
 
     def remaining_seconds(self) -> float:
         """Seconds until the current holder's lease lapses unless renewed (0 when free)."""
@@ -162,10 +227,10 @@ class Lease:
 
     def renew(self) -> bool:
         """Extend the lease; False (and :meth:`check` fails from then on) when it was lost."""
-        held = bool(self._redis.eval(_RENEW, 1, self.key, self._token, self._ttl_ms))
-        if held:
-            self._redis.zadd(INFLIGHT_KEY, {self.task_id: time.time()})
-        else:
+        keys = [self.key, INFLIGHT_KEY]
+        args: list[str | int | float] = [self._token, self._ttl_ms, time.time(), self.task_id]
+        held = bool(self._redis.eval(_RENEW, 2, *keys, *args))
+        if not held:
             self._lost = True
         return held
 
@@ -179,6 +244,18 @@ class Lease:
         self._redis.eval(_RELEASE, 1, self.key, self._token)
         if finished:
             self._redis.zrem(INFLIGHT_KEY, self.task_id)
+        self.released = True
+
+    def release_archived(self) -> None:
+        """End the run archived in one script: the receipt ``archived`` (leaving the pending
+        and open sets, as :meth:`ReceiptStore.set_state`), the delivery count reset, the lease
+        released, the task out of the in-flight set. Redis errors propagate (nothing applied:
+        the caller retries)."""
+        receipt = ReceiptStore.key(self.task_id)
+        deliveries = DELIVERIES_KEY.format(task_id=self.task_id)
+        keys = [receipt, PENDING_KEY, OPEN_KEY, deliveries, self.key, INFLIGHT_KEY]
+        self._redis.eval(_RELEASE_ARCHIVED, len(keys), *keys, self.task_id, self._token)
+        self.released = True
 
     def __enter__(self) -> Lease:
         self._thread = threading.Thread(target=self._heartbeat, daemon=True)
@@ -209,6 +286,15 @@ def count_delivery(client: redis.Redis, task_id: str, ttl_s: int) -> int:
     pipe.expire(key, ttl_s)
     count, _ = pipe.execute()
     return int(count)
+
+
+def start_run(client: redis.Redis, task_id: str, ttl_s: int, max_deliveries: int) -> int:
+    """:func:`count_delivery` and, within ``max_deliveries``, the receipt ``archiving``
+    (:meth:`ReceiptStore.set_state`), in one script; returns the count (1 the first time)."""
+    keys = [DELIVERIES_KEY.format(task_id=task_id), ReceiptStore.key(task_id)]
+    keys += [PENDING_KEY, OPEN_KEY]
+    args: list[str | int | float] = [ttl_s, max_deliveries, time.time(), task_id]
+    return int(cast("int", client.eval(_START_RUN, len(keys), *keys, *args)))
 
 
 def reset_deliveries(client: redis.Redis, task_id: str) -> None:

@@ -46,8 +46,8 @@ from worker.archiving.dlq import DeadLetters
 from worker.archiving.fetch import ResultFetcher
 from worker.archiving.lease import (
     Lease,
-    count_delivery,
     reset_deliveries,
+    start_run,
     stuck_tasks,
     touch_inflight,
 )
@@ -167,9 +167,8 @@ class ArchiveService:
         except PermanentError as exc:  # never a key or a path: only the dead letter names it
             return self._dead_letter(task_id, exc, attempt)
         try:
-            receipt = self.store.load(task_id)
             lease = Lease(self.client, task_id, self.settings.archive_lease_seconds)
-            taken = receipt is not None and lease.acquire()
+            receipt, taken = lease.acquire_for(self.store)  # one round trip
         except redis.RedisError as exc:
             error = TransientError(repr(exc), reason=Reason.REDIS_UNAVAILABLE)
             raise RetryLater(error, self.backoff_seconds(attempt - 1)) from exc
@@ -205,8 +204,9 @@ class ArchiveService:
             self._quietly(touch_inflight, self.client, receipt.task_id, now=retry_at)
             raise
         finally:
-            self._quietly(reset_deliveries, self.client, receipt.task_id)
-            self._quietly(lease.release, finished=finished)
+            if not lease.released:  # else release_archived did both
+                self._quietly(reset_deliveries, self.client, receipt.task_id)
+                self._quietly(lease.release, finished=finished)
 
     @staticmethod
     def _quietly(action: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
@@ -231,7 +231,7 @@ class ArchiveService:
         archiver = self._archiver(lease)
         plan = RetryPlan(self.settings, attempt - 1, retry_horizon(receipt))
         try:
-            return self._attempt(archiver, receipt, replay, attempt, plan)
+            return self._attempt(archiver, receipt, lease, replay, plan)
         except (TransientError, SoftTimeLimitExceeded, redis.RedisError) as exc:
             error = _transient(exc)
             countdown = plan.countdown()
@@ -246,27 +246,33 @@ class ArchiveService:
             return self._give_up(archiver, receipt, internal, attempt)
 
     def _attempt(
-        self, archiver: Archiver, receipt: Receipt, replay: bool, attempt: int, plan: RetryPlan
+        self,
+        archiver: Archiver,
+        receipt: Receipt,
+        lease: Lease,
+        replay: bool,
+        plan: RetryPlan,
     ) -> TaskOutcome:
-        task_id, settings = receipt.task_id, self.settings
+        """One run under ``lease``: attempt ``plan.retries + 1``."""
+        attempt, task_id, settings = plan.retries + 1, receipt.task_id, self.settings
         if not replay and archiver.is_archived(task_id):
-            self.store.set_state(task_id, "archived")
+            lease.release_archived()
             return "already_archived"
-        deliveries = count_delivery(self.client, task_id, settings.dedupe_ttl_seconds)
-        if deliveries > settings.archive_max_deliveries:
+        ttl, limit = settings.dedupe_ttl_seconds, settings.archive_max_deliveries
+        deliveries = start_run(self.client, task_id, ttl, limit)  # receipt ``archiving`` too
+        if deliveries > limit:
             poison = PermanentError(f"{deliveries} deliveries", reason=Reason.POISON_LOOP)
             return self._give_up(archiver, receipt, poison, attempt)
-        self.store.set_state(task_id, "archiving")
         urls = [d.url for d in self.destinations]
-        progress = Progress(self.client, task_id, settings.dedupe_ttl_seconds, urls)
+        progress = Progress(self.client, task_id, ttl, urls)
         media = read_media(self.client, task_id)
         result = archiver.run(receipt, progress, final=plan.exhausted, media=media)
-        return self._finish(receipt, result, attempt)
+        return self._finish(receipt, lease, result, attempt)
 
-    def _finish(self, receipt: Receipt, result: Outcome, attempt: int) -> TaskOutcome:
+    def _finish(self, receipt: Receipt, lease: Lease, result: Outcome, attempt: int) -> TaskOutcome:
         if not result.complete:
             return self._dead_letter(receipt.task_id, result.errors[0], attempt)
-        self.store.set_state(receipt.task_id, "archived")
+        lease.release_archived()  # the receipt ``archived`` with the lease's end, one script
         metrics.archived_lag(time.time() - receipt.received_at)
         return "archived"
 

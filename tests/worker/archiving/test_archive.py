@@ -311,3 +311,30 @@ def test_a_bug_in_one_file_fails_that_file_only(
     assert a["key"] == "t-bug/results/0000.json" and a["error"] is None
     assert b["key"] is None and b["error"]["reason"] == "internal_error"
     assert [e.reason for e in outcome.errors] == ["internal_error"]
+
+
+def commands(client: redis.Redis) -> dict[str, int]:
+    """Calls per Redis command so far (``INFO commandstats``)."""
+    stats = client.info("commandstats")
+    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+
+
+def test_progress_costs_one_read_per_run_and_one_write_per_object(
+    redis_client: redis.Redis, result_server: ResultServer, fetcher: ResultFetcher,
+    local: Destination,
+) -> None:  # fmt: skip
+    """A run reads its progress once (HGETALL) and records each object with one HSET; the
+    key's expiry is set once, with the first record; a second run skips what it recorded."""
+    urls = [result_server.add(f"/r/{n}.json", BODY_A) for n in range(3)]
+    output = te.batch_output("t-rc", [te.ok(u) for u in urls])
+    receipt = store_event(redis_client, "t-rc", te.event("t-rc", "fun-asr", output))
+    before = commands(redis_client)
+    assert run(Archiver([local], fetcher), redis_client, receipt).complete
+    after = commands(redis_client)
+    spent = {name: after[name] - before.get(name, 0) for name in after}
+    setup = {"info", "hello", "client", "ping"}  # this test's INFO; new pooled connections
+    spent = {name: calls for name, calls in spent.items() if calls and name not in setup}
+    assert spent == {"hgetall": 1, "hset": 4, "multi": 1, "expire": 1, "exec": 1}  # event + 3
+    assert 0 < redis_client.ttl("asr:archive:progress:t-rc") <= 600
+    run(Archiver([local], fetcher), redis_client, receipt)
+    assert all(result_server.hits(f"/r/{n}.json") == 1 for n in range(3))

@@ -15,12 +15,13 @@ import pytest
 from core.errors import ExpiredLinkError, PermanentError, PipelineError, TransientError
 from tests.support import task_events as te
 from tests.support.result_server import Fault, ResultServer
-from worker.archiving.fetch import ResultFetcher
+from worker.archiving.fetch import MEMORY_BODY_BYTES, ResultFetcher
 
 
 def fetcher(server: ResultServer, tmp_path: Path, **kwargs: object) -> ResultFetcher:
-    """A fetcher allowed to read ``server`` only, spooling under ``tmp_path``."""
+    """A fetcher allowed to read ``server`` only, spooling under ``tmp_path`` past 1 MiB."""
     options: dict = {"max_bytes": 10_000_000, "timeout_s": 2.0, "spool_dir": str(tmp_path)}
+    options["memory_bytes"] = 1024 * 1024
     options.update(kwargs)
     return ResultFetcher(re.compile(server.url_regex), **options)
 
@@ -153,6 +154,23 @@ def test_small_body_stays_in_memory(result_server: ResultServer, tmp_path: Path)
     with fetcher(result_server, tmp_path).download(url) as got:
         assert (got.data, got.path) == (body, None)
         assert list(tmp_path.iterdir()) == []
+
+
+def test_body_under_the_default_memory_limit_is_checked_in_memory(
+    result_server: ResultServer, tmp_path: Path
+) -> None:
+    """A 3 MB body stays in memory under the default limit: valid passes, cut-off fails."""
+    body = te.result_file(words=40_000)
+    assert 2 * 1024 * 1024 < len(body) < MEMORY_BODY_BYTES
+    default = fetcher(result_server, tmp_path, memory_bytes=MEMORY_BODY_BYTES)
+    with default.download(result_server.add("/r/mem.json", body)) as got:
+        assert (got.data, got.path, got.size) == (body, None, len(body))
+        assert got.sha256 == hashlib.sha256(body).hexdigest()
+        assert list(tmp_path.iterdir()) == []
+    url = result_server.add("/r/mem-bad.json", body[:-10])
+    with pytest.raises(PermanentError) as info, default.download(url):
+        pass
+    assert info.value.reason == "result_not_json"
 
 
 def test_big_integers_are_json(result_server: ResultServer, tmp_path: Path) -> None:

@@ -8,11 +8,15 @@ import redis
 
 from core.errors import TransientError
 from core.settings import load_settings
+from core.store import OPEN_KEY, PENDING_KEY, ReceiptStore
 from worker.archiving.lease import (
+    DELIVERIES_KEY,
     INFLIGHT_KEY,
+    LEASE_KEY,
     Lease,
     count_delivery,
     reset_deliveries,
+    start_run,
     stuck_tasks,
 )
 from worker.archiving.service import ArchiveService
@@ -79,3 +83,50 @@ def test_backoff_is_jittered_and_capped(redis_client: redis.Redis) -> None:
     late = [service.backoff_seconds(20) for _ in range(200)]
     assert all(0 <= s <= 1.0 for s in early) and len(set(early)) > 100
     assert all(0 <= s <= 50.0 for s in late) and max(late) > 25.0
+
+
+def test_acquire_for_loads_the_receipt_and_takes_the_lease(redis_client: redis.Redis) -> None:
+    """One script loads the receipt and takes the lease; no receipt: no lease is taken."""
+    store = ReceiptStore(redis_client, 600)
+    assert Lease(redis_client, "none", 30).acquire_for(store) == (None, False)
+    assert redis_client.get(LEASE_KEY.format(task_id="none")) is None
+    store.claim("t", b'{"x": 1}', event_id="e-1", now=5.0)
+    receipt, taken = Lease(redis_client, "t", 30).acquire_for(store)
+    assert taken and receipt == store.load("t")
+    assert redis_client.zscore(INFLIGHT_KEY, "t") is not None
+    receipt, taken = Lease(redis_client, "t", 30).acquire_for(store)
+    assert receipt is not None and not taken
+
+
+def test_start_run_counts_and_sets_archiving_within_the_limit(redis_client: redis.Redis) -> None:
+    """Each run counts one delivery and sets the receipt ``archiving``, unless over the limit."""
+    store = ReceiptStore(redis_client, 600)
+    store.claim("t", b"{}", now=5.0)
+    assert start_run(redis_client, "t", 60, 1) == 1
+    assert store.load("t").state == "archiving"  # type: ignore[union-attr]  # stored above
+    assert redis_client.zscore(PENDING_KEY, "t") is None
+    assert redis_client.zscore(OPEN_KEY, "t") == 5.0  # still open, its wait unchanged
+    store.set_state("t", "enqueued")
+    assert start_run(redis_client, "t", 60, 1) == 2
+    assert store.load("t").state == "enqueued"  # type: ignore[union-attr]  # stored above
+    assert 0 < redis_client.ttl(DELIVERIES_KEY.format(task_id="t")) <= 60
+
+
+def test_release_archived_ends_the_run_at_once(redis_client: redis.Redis) -> None:
+    """The receipt is archived and leaves the open set; count, lease, in-flight are gone."""
+    store = ReceiptStore(redis_client, 600)
+    store.claim("t", b"{}", now=5.0)
+    lease = Lease(redis_client, "t", 30)
+    assert lease.acquire()
+    start_run(redis_client, "t", 60, 5)
+    lease.release_archived()
+    assert lease.released and store.load("t").state == "archived"  # type: ignore[union-attr]
+    assert redis_client.zscore(OPEN_KEY, "t") is None
+    assert redis_client.zscore(INFLIGHT_KEY, "t") is None
+    assert not redis_client.exists(
+        LEASE_KEY.format(task_id="t"), DELIVERIES_KEY.format(task_id="t")
+    )
+    other = Lease(redis_client, "t", 30)
+    assert other.acquire()
+    lease.release_archived()  # not the holder any more: the other's lease stays
+    assert redis_client.get(LEASE_KEY.format(task_id="t")) is not None
