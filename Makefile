@@ -74,4 +74,4 @@ samples:
 	bash sandbox/make_samples.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache archive
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache archive .asr-ingest
