@@ -28,6 +28,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 import redis
@@ -148,9 +149,9 @@ class ArchiveService:
     fetcher: ResultFetcher
     query: QueryFn
 
-    @property
+    @cached_property
     def store(self) -> ReceiptStore:
-        """The receipt store."""
+        """The receipt store (built once: it registers its scripts with the client)."""
         return ReceiptStore(self.client, self.settings.dedupe_ttl_seconds)
 
     def backoff_seconds(self, retries: int) -> float:
