@@ -304,9 +304,9 @@ class Archiver:
             for destination in self.destinations:
                 self.guard()
                 if body.path is not None:
-                    destination.put_file(key, body.path, body.size)
+                    destination.put_file(key, body.path, body.size, body.sha256)
                 else:
-                    destination.put_bytes(key, body.data or b"")
+                    destination.put_bytes(key, body.data or b"", body.sha256)
                 metrics.file_archived(destination.kind, body.size)
             record = {"key": key, "bytes": body.size, "sha256": body.sha256}
             if body.redacted:  # signed query strings removed (worker.archiving.scrub)

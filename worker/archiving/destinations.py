@@ -7,6 +7,12 @@ AWS variables) and ``oss://bucket/prefix`` (oss2; ``OSS_ENDPOINT``, ``OSS_ACCESS
 ``ARCHIVE_MULTIPART_BYTES`` go up as multipart uploads (boto3's transfer manager, oss2's
 ``resumable_upload``); smaller ones in one PUT.
 
+Integrity: a result file's single PUT to S3 carries ``x-amz-checksum-sha256``, the digest the
+fetcher computed while downloading it, so S3 refuses an object whose bytes changed on the way
+(``BadDigest``: transient, the next attempt sends them again) and keeps the checksum; botocore
+then skips its own CRC32 pass over the body. (S3 "Checking object integrity": a full-object
+SHA-256 applies to single PUTs; multipart uploads keep botocore's per-part checksums.)
+
 Errors: library exceptions become :class:`TransientError` (``destination_unavailable``) for
 network errors, timeouts, 429 and 5xx, else :class:`PermanentError` (``destination_rejected``).
 Every :class:`OSError` of a local directory goes through :func:`local_error`: a full disk is
@@ -16,6 +22,7 @@ denied and not-a-directory are permanent.
 
 from __future__ import annotations
 
+import base64
 import errno
 import os
 import tempfile
@@ -44,11 +51,14 @@ class Destination(Protocol):
     def exists(self, key: str) -> bool:
         """True when an object ``key`` is stored."""
 
-    def put_file(self, key: str, path: Path, size: int) -> None:
-        """Store the ``size``-byte file at ``path`` under ``key``, replacing any object."""
+    def put_file(self, key: str, path: Path, size: int, sha256: str = "") -> None:
+        """Store the ``size``-byte file at ``path`` under ``key``, replacing any object.
 
-    def put_bytes(self, key: str, data: bytes) -> None:
-        """Store ``data`` under ``key``, replacing any object."""
+        ``sha256`` (hex, optional) is the file's digest, for stores that verify it.
+        """
+
+    def put_bytes(self, key: str, data: bytes, sha256: str = "") -> None:
+        """Store ``data`` under ``key``, replacing any object; ``sha256`` as for put_file."""
 
     def get_bytes(self, key: str) -> bytes | None:
         """The object ``key``, or None when it does not exist."""
@@ -83,12 +93,12 @@ class LocalDestination:
         except OSError as exc:
             raise local_error(exc, "archive directory") from exc
 
-    def put_file(self, key: str, path: Path, size: int) -> None:
+    def put_file(self, key: str, path: Path, size: int, sha256: str = "") -> None:
         with self._atomic(key) as handle, path.open("rb") as source:
             while chunk := source.read(1024 * 1024):
                 handle.write(chunk)
 
-    def put_bytes(self, key: str, data: bytes) -> None:
+    def put_bytes(self, key: str, data: bytes, sha256: str = "") -> None:
         with self._atomic(key) as handle:
             handle.write(data)
 
@@ -165,7 +175,7 @@ class S3Destination:
                 raise
         return True
 
-    def put_file(self, key: str, path: Path, size: int) -> None:
+    def put_file(self, key: str, path: Path, size: int, sha256: str = "") -> None:
         with self._errors():
             if size >= self._multipart_bytes:
                 self._client.upload_file(
@@ -173,11 +183,15 @@ class S3Destination:
                 )
                 return
             with path.open("rb") as body:
-                self._client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=body)
+                self._put(key, body, sha256)
 
-    def put_bytes(self, key: str, data: bytes) -> None:
+    def put_bytes(self, key: str, data: bytes, sha256: str = "") -> None:
         with self._errors():
-            self._client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data)
+            self._put(key, data, sha256)
+
+    def _put(self, key: str, body: Any, sha256: str) -> None:
+        checksum = {"ChecksumSHA256": _base64_digest(sha256)} if sha256 else {}
+        self._client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=body, **checksum)
 
     def get_bytes(self, key: str) -> bytes | None:
         with self._errors():
@@ -192,6 +206,8 @@ class S3Destination:
         try:
             yield
         except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "BadDigest":
+                raise _transient(exc) from exc  # bytes changed on the way: send them again
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
             raise _answered(status, exc) from exc
         except (botocore.exceptions.BotoCoreError, S3UploadFailedError) as exc:
@@ -214,7 +230,7 @@ class OssDestination:
         with self._errors():
             return bool(self._bucket.object_exists(self.prefix + key))
 
-    def put_file(self, key: str, path: Path, size: int) -> None:
+    def put_file(self, key: str, path: Path, size: int, sha256: str = "") -> None:
         with self._errors():
             oss2.resumable_upload(
                 self._bucket, self.prefix + key, str(path), store=self._store,
@@ -222,7 +238,7 @@ class OssDestination:
                 num_threads=2,
             )  # fmt: skip
 
-    def put_bytes(self, key: str, data: bytes) -> None:
+    def put_bytes(self, key: str, data: bytes, sha256: str = "") -> None:
         with self._errors():
             self._bucket.put_object(self.prefix + key, data)
 
@@ -239,6 +255,11 @@ class OssDestination:
             yield
         except oss2.exceptions.OssError as exc:
             raise _answered(int(exc.status), exc) from exc
+
+
+def _base64_digest(sha256: str) -> str:
+    """S3's form of a checksum: the Base64 of the digest's bytes (``sha256`` is hex)."""
+    return base64.b64encode(bytes.fromhex(sha256)).decode("ascii")
 
 
 def _prefix(path: str) -> str:

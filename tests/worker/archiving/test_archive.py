@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -257,6 +258,23 @@ def test_manifest_is_written_last_to_s3(
     assert puts[-1].endswith("/t-10/manifest.json") and len(puts) == 5
 
 
+def test_result_files_reach_s3_with_the_manifest_digest(
+    redis_client: redis.Redis, result_server: ResultServer, fetcher: ResultFetcher,
+    moto_proxy: MotoProxy, s3_bucket: str,
+) -> None:  # fmt: skip
+    """Each result file's PUT carries the sha256 the manifest records, for S3 to verify."""
+    dest = open_destination(f"s3://{s3_bucket}/p", load_settings(s3_endpoint_url=moto_proxy.url))
+    urls = [result_server.add("/r/a.json", BODY_A), result_server.add("/r/b.json", BODY_B)]
+    body = te.event("t-11", "fun-asr", te.batch_output("t-11", [te.ok(u) for u in urls]))
+    outcome = run(Archiver([dest], fetcher), redis_client, store_event(redis_client, "t-11", body))
+    files = outcome.manifest["files"]
+    assert [f["sha256"] for f in files] == [hashlib.sha256(b).hexdigest() for b in (BODY_A, BODY_B)]
+    assert dict(moto_proxy.checksums) == {
+        f"/{s3_bucket}/p/{f['key']}": base64.b64encode(bytes.fromhex(f["sha256"])).decode()
+        for f in files
+    }
+
+
 def test_unfinished_task_is_retried_later(
     redis_client: redis.Redis, fetcher: ResultFetcher, local: Destination,
     result_server: ResultServer, dashscope: DashScopeClient,
@@ -300,10 +318,10 @@ def test_a_bug_in_one_file_fails_that_file_only(
     receipt = store_event(redis_client, "t-bug", body)
     original = local.put_bytes
 
-    def put_bytes(key: str, data: bytes) -> None:
+    def put_bytes(key: str, data: bytes, sha256: str = "") -> None:
         if key.endswith("0001.json"):
             raise RecursionError("a bug")
-        original(key, data)
+        original(key, data, sha256)
 
     monkeypatch.setattr(local, "put_bytes", put_bytes)
     outcome = run(Archiver([local], fetcher), redis_client, receipt)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -130,3 +132,23 @@ def test_unknown_scheme_is_refused() -> None:
     """Only file, s3 and oss destinations exist."""
     with pytest.raises(PermanentError, match="ftp"):
         open_destination("ftp://host/p", load_settings())
+
+
+def test_s3_put_carries_the_digest_and_a_mismatch_is_retried(
+    moto_proxy: MotoProxy, s3_client: Any, s3_bucket: str, aws_env: None
+) -> None:
+    """A result's single PUT sends its sha256 for S3 to verify; a mismatch (BadDigest) is
+    transient, so the next attempt sends the bytes again."""
+    dest = open_destination(f"s3://{s3_bucket}/p", load_settings(s3_endpoint_url=moto_proxy.url))
+    body = b'{"text": "hello"}'
+    digest = hashlib.sha256(body).hexdigest()
+    dest.put_bytes("t/results/0000.json", body, digest)
+    stored = s3_client.get_object(Bucket=s3_bucket, Key="p/t/results/0000.json")["Body"].read()
+    assert stored == body
+    assert moto_proxy.checksums == [
+        (f"/{s3_bucket}/p/t/results/0000.json", base64.b64encode(bytes.fromhex(digest)).decode())
+    ]
+    with pytest.raises(TransientError) as info:
+        dest.put_bytes("t/results/0001.json", body, hashlib.sha256(b"other").hexdigest())
+    assert info.value.reason == "destination_unavailable"
+    assert "p/t/results/0001.json" not in str(s3_client.list_objects_v2(Bucket=s3_bucket))
