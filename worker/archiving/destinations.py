@@ -10,8 +10,10 @@ AWS variables) and ``oss://bucket/prefix`` (oss2; ``OSS_ENDPOINT``, ``OSS_ACCESS
 Integrity: a result file's single PUT to S3 carries ``x-amz-checksum-sha256``, the digest the
 fetcher computed while downloading it, so S3 refuses an object whose bytes changed on the way
 (``BadDigest``: transient, the next attempt sends them again) and keeps the checksum; botocore
-then skips its own CRC32 pass over the body. (S3 "Checking object integrity": a full-object
-SHA-256 applies to single PUTs; multipart uploads keep botocore's per-part checksums.)
+then skips its own CRC32 pass over the body. The client does not hash bodies into the request
+signature (``payload_signing_enabled`` off: ``UNSIGNED-PAYLOAD``), so each byte is hashed once,
+by the fetcher; other bodies (event, manifest, multipart parts) carry botocore's default CRC32.
+(S3 "Checking object integrity": a full-object SHA-256 applies to single PUTs.)
 
 Errors: library exceptions become :class:`TransientError` (``destination_unavailable``) for
 network errors, timeouts, 429 and 5xx, else :class:`PermanentError` (``destination_rejected``).
@@ -37,6 +39,7 @@ import botocore.exceptions
 import oss2
 from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
 
 from core.errors import PermanentError, PipelineError, Reason, TransientError, http_error
 from core.settings import Settings
@@ -277,13 +280,17 @@ def open_destination(url: str, settings: Settings) -> Destination:
     if parts.scheme in ("", "file"):
         return LocalDestination(Path(parts.path if parts.scheme else url).resolve())
     if parts.scheme == "s3":
-        client = boto3.client("s3", endpoint_url=settings.s3_endpoint_url)
+        client = boto3.client("s3", endpoint_url=settings.s3_endpoint_url, config=_S3_CONFIG)
         return S3Destination(client, parts.netloc, _prefix(parts.path), _multipart(settings))
     if parts.scheme == "oss":
         bucket = _oss_bucket(parts.netloc, settings)
         spool = settings.archive_spool_dir or tempfile.gettempdir()
         return OssDestination(bucket, _prefix(parts.path), _multipart(settings), spool)
     raise PermanentError(f"unknown archive scheme {parts.scheme!r}", reason=Reason.BAD_DESTINATION)
+
+
+_S3_CONFIG = Config(s3={"payload_signing_enabled": False})
+"""Checksums, not the signature, carry the body's integrity (module docstring)."""
 
 
 def _multipart(settings: Settings) -> int:
