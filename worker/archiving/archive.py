@@ -1,4 +1,4 @@
-"""Archive one task: its event, its result files, then its manifest, to every destination.
+"""Archive one task: its event and result files (together), then its manifest, everywhere.
 
 The layout and the manifest's fields are :mod:`worker.archiving.manifest`'s.
 
@@ -21,6 +21,7 @@ query) gives a manifest with ``archive_error``.
 from __future__ import annotations
 
 import contextvars
+import functools
 import hashlib
 import json
 import threading
@@ -102,17 +103,22 @@ class Progress:
 
     def mark(self, name: str, record: dict[str, Any]) -> None:
         """Record ``name`` as written everywhere."""
+        with self._lock:  # one caller sets the expiry, even when objects finish together
+            first, self._expiring = not self._expiring, True
+        try:
+            if first:  # HSET and EXPIRE at once
+                pipe = self._redis.pipeline(transaction=True)
+                pipe.hset(self._key, name, json.dumps(record))
+                pipe.expire(self._key, self._ttl)
+                pipe.execute()
+            else:
+                self._redis.hset(self._key, name, json.dumps(record))
+        except redis.RedisError:
+            if first:  # the next mark sets the expiry instead
+                with self._lock:
+                    self._expiring = False
+            raise
         with self._lock:
-            expiring = self._expiring
-        if expiring:
-            self._redis.hset(self._key, name, json.dumps(record))
-        else:  # the first of the run: HSET and EXPIRE at once
-            pipe = self._redis.pipeline(transaction=True)
-            pipe.hset(self._key, name, json.dumps(record))
-            pipe.expire(self._key, self._ttl)
-            pipe.execute()
-        with self._lock:
-            self._expiring = True
             if self._records is not None:
                 self._records[name] = record
 
@@ -165,11 +171,12 @@ class Archiver:
         the event or the manifest, or querying the task, always propagate.
         """
         try:
-            self._event_json(receipt, progress)
             event = self._resolve(parse_event(receipt.body))
         except PermanentError as exc:
+            self._event_json(receipt, progress)
             return self.fail(receipt, exc)
-        files, errors = self._files(event, progress, final, media or {})
+        write_event = functools.partial(self._event_json, receipt, progress)
+        files, errors = self._files(event, progress, final, media or {}, write_event)
         manifest = mf.new_manifest(receipt, event.model, event.task_status, files, self.clock())
         manifest.update(code=event.code, message=event.message)
         manifest["archive_status"] = "partial" if errors else "complete"
@@ -207,6 +214,7 @@ class Archiver:
         progress: Progress,
         final: Callable[[], bool],
         media: Mapping[str, Media],
+        write_event: Callable[[], None],
     ) -> tuple[list[dict[str, Any]], list[PipelineError]]:
         entries = list(event.entries or ())
         only = len(entries) == 1
@@ -225,7 +233,7 @@ class Archiver:
                 return PermanentError(repr(exc)[:500], reason=Reason.INTERNAL_ERROR)
             return None
 
-        outcomes = self._each(archive, len(entries))
+        outcomes = self._each(archive, len(entries), write_event)
         failed = [exc for exc in outcomes if exc is not None]
         transient = [exc for exc in failed if isinstance(exc, TransientError)]
         if transient and not final():
@@ -239,16 +247,25 @@ class Archiver:
         return files, errors
 
     def _each(
-        self, archive: Callable[[int], PipelineError | None], count: int
+        self,
+        archive: Callable[[int], PipelineError | None],
+        count: int,
+        alongside: Callable[[], None],
     ) -> list[PipelineError | None]:
-        """``archive(n)`` for every file; one file (or one thread) runs here, without a pool."""
-        if count <= 1 or self.file_concurrency <= 1:
+        """``archive(n)`` for every file on up to ``file_concurrency`` threads, and meanwhile
+        ``alongside()`` here (the event's own object: one store round trip less per task).
+
+        An exception of ``alongside`` propagates once the files in flight have finished.
+        """
+        if count == 0 or self.file_concurrency <= 1:
+            alongside()
             return [archive(n) for n in range(count)]
         with ThreadPoolExecutor(max_workers=min(self.file_concurrency, count)) as pool:
             # each file in a copy of this context: log lines keep the bound task_id
             futures = [
                 pool.submit(contextvars.copy_context().run, archive, n) for n in range(count)
             ]
+            alongside()
             return [future.result() for future in futures]
 
     def _archive_entry(

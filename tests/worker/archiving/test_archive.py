@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -356,3 +357,29 @@ def test_progress_costs_one_read_per_run_and_one_write_per_object(
     assert 0 < redis_client.ttl("asr:archive:progress:t-rc") <= 600
     run(Archiver([local], fetcher), redis_client, receipt)
     assert all(result_server.hits(f"/r/{n}.json") == 1 for n in range(3))
+
+
+def test_event_is_written_while_the_files_download(
+    redis_client: redis.Redis, result_server: ResultServer, fetcher: ResultFetcher,
+    local: Destination, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The event's own object goes to the destinations while the result file downloads, not
+    before it (one store round trip less per task); the manifest still comes last."""
+    url = result_server.add("/r/slow.json", BODY_A, chunk_delay_s=0.3)
+    body = te.event("t-ev", "fun-asr", te.batch_output("t-ev", [te.ok(url)]))
+    receipt = store_event(redis_client, "t-ev", body)
+    original, seen, order = local.put_bytes, [], []
+
+    def put_bytes(key: str, data: bytes, sha256: str = "") -> None:
+        if key.endswith("event.json"):  # wait (bounded) for the download to have begun
+            deadline = time.monotonic() + 5
+            while not result_server.hits("/r/slow.json") and time.monotonic() < deadline:
+                time.sleep(0.01)
+            seen.append(result_server.hits("/r/slow.json"))
+        order.append(key.rsplit("/", 1)[-1])
+        original(key, data, sha256)
+
+    monkeypatch.setattr(local, "put_bytes", put_bytes)
+    assert run(Archiver([local], fetcher), redis_client, receipt).complete
+    assert seen == [1]
+    assert order == ["event.json", "0000.json", "manifest.json"]
