@@ -33,6 +33,11 @@ Delivery guarantees (Celery user guide, "Tasks" → ``acks_late``; kombu's Redis
   visibility timeout: :mod:`worker.recovery`.
 - Retries are published with a patient policy (:data:`PUBLISH_RETRY_POLICY`): a retry sent
   while Redis restarts waits for it instead of failing the task.
+- Task events are off (``worker_send_task_events``): they cost three broker publishes per
+  task for a consumer that is usually absent. Flower switches them on in the workers while it
+  runs (its ``enable_events``, by a broadcast every few seconds), and ``celery -A
+  worker.celery_app control enable_events`` does so by hand. The pipeline's own metrics
+  (``docs/metrics.md``) do not depend on them.
 """
 
 from __future__ import annotations
@@ -200,8 +205,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_max_memory_per_child": settings.worker_max_memory_per_child_mib * 1024,
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,  # structlog writes JSON lines to stdout itself
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        "worker_send_task_events": False,  # Flower turns them on while it runs (docstring)
         "beat_schedule": beat_schedule(settings.sweep_interval_seconds),
         "timezone": "UTC",
         "broker_connection_retry": True,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -272,3 +274,34 @@ def test_worker_serves_its_metrics(
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     assert 'asr_archive_files_total{destination="file"} 1.0' in text
     assert 'asr_archive_files_total{destination="s3"} 1.0' in text
+
+
+def test_task_events_flow_only_while_enabled(
+    celery_worker_factory: WorkerFactory, archive_env: dict[str, str], producer: AsrCelery,
+    redis_client: redis.Redis, result_server: ResultServer, tmp_path: Path,
+) -> None:  # fmt: skip
+    """By default a worker publishes no task events; once enabled by broadcast (what Flower
+    does while it runs), each archived task publishes its task-succeeded event."""
+    url = result_server.add("/r/events.json", BODY)
+    listener = redis_client.pubsub(ignore_subscribe_messages=True)
+    listener.psubscribe("*celeryev*")
+    celery_worker_factory(archive_env, concurrency=1)
+
+    def archive(task_id: str) -> None:
+        output = te.batch_output(task_id, [te.ok(url)])
+        deliver(redis_client, producer, task_id, te.event(task_id, "fun-asr", output))
+        wait_until(lambda: state(redis_client, task_id) == "archived", what=f"{task_id} archived")
+
+    archive("t-events-off")
+    producer.control.enable_events()  # the broadcast also flushes any buffered task events
+    wait_until(lambda: listener.get_message(timeout=0.1), what="an event once enabled")
+    archive("t-events-on")
+    time.sleep(3)  # buffered task events are flushed within a heartbeat (2 s)
+    events = []
+    while message := listener.get_message(timeout=0.1):
+        body = json.loads(base64.b64decode(json.loads(message["data"])["body"]))
+        events += body if isinstance(body, list) else [body]
+    names = {event["uuid"]: event.get("args", "") for event in events if "args" in event}
+    tasks = [(event["type"], names.get(event.get("uuid"), "")) for event in events]
+    assert ("task-succeeded", "['t-events-on']") in tasks
+    assert not [kind for kind, args in tasks if "t-events-off" in args]
