@@ -1,16 +1,17 @@
-"""Model-family classification and the shared Redis token bucket."""
+"""Model-family classification and the shared Redis token bucket (turns booked in order)."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
 import pytest
 import redis
 
-from core.errors import PermanentError
+from core.errors import PermanentError, TransientError
 from core.models import family_of, model_from_api_key
-from worker.ratelimit import RateLimiter
+from worker.ratelimit import SUBMIT_JITTER_S, RateLimiter, submit_limiter
 
 
 @pytest.mark.parametrize(
@@ -71,3 +72,50 @@ def test_acquire_times_out(redis_client: redis.Redis) -> None:
     limiter.acquire()
     with pytest.raises(Exception, match="rate limit"):
         limiter.acquire(timeout_s=0.2)
+
+
+def test_waiting_callers_are_served_one_turn_apart_without_polling(
+    redis_client: redis.Redis,
+) -> None:
+    """Six callers waiting together get their tokens 1/rate s apart, one script call each."""
+    RateLimiter(redis_client, "test:turns", rate=20, burst=1).acquire()  # the one token
+    redis_client.config_resetstat()
+    granted: list[float] = []
+    lock = threading.Lock()
+
+    def work() -> None:
+        RateLimiter(redis_client, "test:turns", rate=20, burst=1).acquire(timeout_s=5)
+        with lock:
+            granted.append(time.monotonic())
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    granted.sort()
+    assert all(b - a >= 0.04 for a, b in itertools.pairwise(granted))
+    assert granted[-1] - started < 6 * 0.05 + 0.2  # served back to back, no turn lost
+    assert redis_client.info("commandstats")["cmdstat_evalsha"]["calls"] == 6
+
+
+def test_a_turn_beyond_the_timeout_is_refused_at_once_and_not_booked(
+    redis_client: redis.Redis,
+) -> None:
+    """acquire raises at once when the next turn is later than its timeout, booking nothing."""
+    limiter = RateLimiter(redis_client, "test:refused", rate=2, burst=1)
+    limiter.acquire()
+    started = time.monotonic()
+    with pytest.raises(TransientError, match="rate limit"):
+        limiter.acquire(timeout_s=0.2)
+    assert time.monotonic() - started < 0.1
+    assert 0.3 < limiter.reserve(1.0) <= 0.5  # still the next turn: the refusal booked none
+
+
+def test_submit_turns_leave_slack_for_uneven_arrival(redis_client: redis.Redis) -> None:
+    """A family's turns are (1 + SUBMIT_JITTER_S) / rps apart: rps of them span more than 1 s."""
+    limiter = submit_limiter(redis_client, "fun-asr", 10)
+    waits = [limiter.reserve(5.0) for _ in range(11)]
+    assert waits[0] == 0
+    assert waits[10] == pytest.approx(1.0 + SUBMIT_JITTER_S, abs=0.01)
