@@ -106,14 +106,71 @@ SUBMIT_JITTER_S = 0.025
 """Slack per second of a submission limit for requests arriving unevenly (seconds).
 
 DashScope (and the sandbox) count a family's submissions in a sliding one-second window.
-Requests paced exactly 1/rps apart still reach it up to a few tens of milliseconds early or
-late (thread wake-ups, the Redis calls before the request, the network), and one arriving
-early would be the window's (rps+1)-th: a 429 that costs a turn. So each second's rps turns
-are spread over 1 s + this slack (0.025 s: 2.4 % under the limit)."""
+Requests sent rps a second still reach it a few milliseconds early or late (the Redis calls
+before the request, the network), and one arriving early would be the window's (rps+1)-th:
+a 429 that costs a turn. So each rps sends are spread over at least 1 s + this slack
+(0.025 s: 2.4 % under the limit)."""
+
+# KEYS[1] list of recent send times (us, newest first); ARGV: sends, window (us), ttl (s).
+# Stamps a send and returns 0 unless the window already holds that many sends; else the wait
+# in microseconds until its oldest leaves it (nothing is stamped).
+_CLAIM = """
+local now_t = redis.call('TIME')
+local now = tonumber(now_t[1]) * 1000000 + tonumber(now_t[2])
+local sends = tonumber(ARGV[1])
+local oldest = tonumber(redis.call('LINDEX', KEYS[1], sends - 1))
+if oldest and now - oldest < tonumber(ARGV[2]) then
+  return oldest + tonumber(ARGV[2]) - now
+end
+redis.call('LPUSH', KEYS[1], now)
+redis.call('LTRIM', KEYS[1], 0, sends - 1)
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+return 0
+"""
 
 
-def submit_limiter(client: redis.Redis, family: str, rps: float) -> RateLimiter:
-    """The submission budget of one model family (``SUBMIT_RATES``), shared by all processes:
-    ``rps`` turns per 1 + :data:`SUBMIT_JITTER_S` seconds, one at a time."""
-    rate = rps / (1.0 + SUBMIT_JITTER_S)
-    return RateLimiter(client, SUBMIT_BUCKET_KEY.format(family=family), rate=rate, burst=1.0)
+class SubmitPacer:
+    """The submission limit of one model family, shared by every process through Redis.
+
+    Two steps per send. A turn is booked in ``turns`` (a :class:`RateLimiter` at
+    rps / (1 + :data:`SUBMIT_JITTER_S`)), so waiting callers wake one at a time. Then, awake,
+    the caller stamps its send in a sliding window like DashScope's own: at most
+    ``sends`` = max(1, floor(rps)) stamps in any ``sends`` / rps * (1 + slack) seconds, counted
+    from when callers really went, not when they were booked. A caller that woke late (a
+    busy CPU) therefore cannot put the next, punctual one inside the window's limit, and
+    the next one is not held back for the late one either.
+    """
+
+    def __init__(self, client: redis.Redis, family: str, rps: float) -> None:
+        if rps <= 0:
+            raise ValueError("rps must be > 0")
+        rate = rps / (1.0 + SUBMIT_JITTER_S)
+        self.turns = RateLimiter(client, SUBMIT_BUCKET_KEY.format(family=family), rate=rate)
+        self.sends = max(1, int(rps))
+        self.window_s = self.sends / rate
+        self._key = SUBMIT_BUCKET_KEY.format(family=family) + ":sent"
+        self._claim = client.register_script(_CLAIM)
+
+    def acquire(self, timeout_s: float = 30.0) -> None:
+        """Wait for a turn and a free place in the window, then count this send.
+
+        Raises :class:`TransientError` when the turn is not due within ``timeout_s`` seconds
+        (at once, nothing booked) or the window stays full past it.
+        """
+        deadline = time.monotonic() + timeout_s
+        self.turns.acquire(timeout_s)
+        while (wait := self._stamp()) > 0:
+            if time.monotonic() + wait > deadline:
+                raise TransientError(f"rate limit {self._key} busy", reason=Reason.RATE_LIMITED)
+            time.sleep(wait)
+
+    def _stamp(self) -> float:
+        ttl = int(self.window_s) + 60
+        args = [self.sends, int(self.window_s * 1_000_000), ttl]
+        return int(self._claim(keys=[self._key], args=args)) / 1_000_000
+
+
+def submit_limiter(client: redis.Redis, family: str, rps: float) -> SubmitPacer:
+    """The submission limit of one model family (``SUBMIT_RATES``), shared by all processes
+    (see :class:`SubmitPacer`)."""
+    return SubmitPacer(client, family, rps)
