@@ -23,6 +23,7 @@ from __future__ import annotations
 import socket
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 from urllib.parse import urlsplit
@@ -33,7 +34,7 @@ from rich.console import Console
 
 from asr_ingest.home import answers, home_dir, log_dir, redis_dir, socket_path, socket_url
 from asr_ingest.outcomes import build_rows, follow_runs, print_json_rows, render_run_table
-from asr_ingest.stack import Stack
+from asr_ingest.stack import Child, ChildSpec, Stack
 from asr_ingest.starters import (
     free_port,
     listening_socket,
@@ -44,7 +45,7 @@ from asr_ingest.starters import (
     webhook_spec,
     worker_spec,
 )
-from asr_ingest.submit_cmd import SubmitReport, submit_paths
+from asr_ingest.submit_cmd import SubmitReport, enqueue_batches, plan_run
 from core.errors import PermanentError
 from core.models import family_of
 from core.redis_client import connect
@@ -57,6 +58,10 @@ DEFAULT_MODELS = ("fun-asr", "paraformer-v2", "qwen3-asr-flash-filetrans")
 SAMPLES = Path(__file__).resolve().parent.parent / "sandbox" / "samples"
 MEDIA_BUCKET = "asr-ingest-media"
 LOCAL_KEYS = {"OSS_ACCESS_KEY_ID": "local", "OSS_ACCESS_KEY_SECRET": "local"}
+WORKER_THREADS = 16
+"""Threads of the local worker. A submit task holds one while it waits for its family's turn,
+so with the one-file Qwen tasks some 15 wait at once, 1.5 s of turns booked ahead, and the
+uploads of the next tasks and the archive tasks still find threads."""
 AWS_LOCAL = {
     "AWS_ACCESS_KEY_ID": "local",
     "AWS_SECRET_ACCESS_KEY": "local",
@@ -73,18 +78,25 @@ def bundled_samples() -> list[str]:
     )
 
 
-def _start_media_store(stack: Stack) -> dict[str, str]:
-    """moto as the OSS media bucket (oss2 reaches it through an IP endpoint)."""
-    store = stack.start(moto_spec(free_port()))
+def _create_media_bucket(endpoint: str) -> None:
+    """The OSS media bucket in moto (oss2 reaches it through an IP endpoint)."""
     client = boto3.client(
         "s3",
-        endpoint_url=store.spec.url,
+        endpoint_url=endpoint,
         aws_access_key_id=AWS_LOCAL["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=AWS_LOCAL["AWS_SECRET_ACCESS_KEY"],
         region_name=AWS_LOCAL["AWS_DEFAULT_REGION"],
     )
     client.create_bucket(Bucket=MEDIA_BUCKET)
-    return {"MEDIA_URL": f"oss://{MEDIA_BUCKET}/uploads", "OSS_ENDPOINT": store.spec.url}
+
+
+@dataclass
+class LocalParts:
+    """What :func:`launch_local_parts` started: the environment every part shares, and the
+    webhook and worker, launched but not yet ready (:meth:`Stack.wait_ready`)."""
+
+    env: dict[str, str]
+    starting: list[Child]
 
 
 def start_local_parts(
@@ -93,44 +105,69 @@ def start_local_parts(
     home: Path,
     sandbox_args: Sequence[str] = (),
 ) -> dict[str, str]:
-    """Start what ``settings`` does not configure; the environment every part then shares.
+    """Start what ``settings`` does not configure and wait until all of it is ready; the
+    environment every part then shares (see :func:`launch_local_parts`)."""
+    parts = launch_local_parts(stack, settings, home, sandbox_args)
+    stack.wait_ready(parts.starting)
+    return parts.env
 
-    Configured Redis and broker URLs are passed on as they are. The embedded Redis keeps its
-    data in ``home`` (:mod:`asr_ingest.home`), so state outlives the run. Raises
-    :class:`asr_ingest.stack.StackError` when a part does not become ready.
+
+def launch_local_parts(
+    stack: Stack,
+    settings: Settings,
+    home: Path,
+    sandbox_args: Sequence[str] = (),
+) -> LocalParts:
+    """Start what ``settings`` does not configure; Redis, moto and the sandbox ready, the
+    webhook and worker launched (they take longest: their caller may submit meanwhile).
+
+    The stores and the sandbox start together. Configured Redis and broker URLs are passed
+    on as they are. The embedded Redis keeps its data in ``home`` (:mod:`asr_ingest.home`),
+    so state outlives the run. Raises :class:`asr_ingest.stack.StackError` when a part does
+    not become ready.
     """
-    configured = settings.model_fields_set
-    env = _stores(stack, settings, home)
     web, public_url = _webhook_address(settings)
+    env, specs = _store_specs(settings, home)
     env["WEBHOOK_PUBLIC_URL"] = public_url
-    if "dashscope_api_key" not in configured:
-        sandbox = stack.start(sandbox_spec(free_port(), public_url, extra_args=sandbox_args))
-        env.update(sandbox_env(sandbox))
+    if "dashscope_api_key" not in settings.model_fields_set:
+        specs.append(sandbox_spec(free_port(), public_url, extra_args=sandbox_args))
+    started = {child.spec.name: child for child in stack.start_many(specs)}
+    if "s3" in started:
+        _create_media_bucket(env["OSS_ENDPOINT"])
+    if "sandbox" in started:
+        env.update(sandbox_env(started["sandbox"]))
     env.update(_reconcile_soon(settings, sandbox_args))
     try:
-        stack.start_many(
-            [webhook_spec(web, env), worker_spec(env, beat_schedule=home / "beat-schedule")]
-        )
+        worker = worker_spec(env, beat_schedule=home / "beat-schedule", concurrency=WORKER_THREADS)
+        specs = [webhook_spec(web, env), worker]
+        return LocalParts(env, stack.launch_many(specs))
     finally:
         if isinstance(web, socket.socket):
             web.close()  # gunicorn holds its own copy
-    return env
 
 
-def _stores(stack: Stack, settings: Settings, home: Path) -> dict[str, str]:
-    """Redis, the broker, the media store and the archive: configured, else started here."""
+def _store_specs(settings: Settings, home: Path) -> tuple[dict[str, str], list[ChildSpec]]:
+    """Redis, the broker, the media store and the archive: the environment naming them, and
+    the children to start for those not configured (an embedded Redis already serving
+    ``home`` is used as it is)."""
     configured = settings.model_fields_set
     env = {"REDIS_URL": settings.redis_url, "CELERY_BROKER_URL": settings.broker_url}
+    specs: list[ChildSpec] = []
     if "redis_url" not in configured:
-        env["REDIS_URL"] = _local_redis(stack, home)
+        env["REDIS_URL"] = socket_url(home)
         env["CELERY_BROKER_URL"] = broker_url_for(env["REDIS_URL"])
+        if not answers(env["REDIS_URL"]):
+            specs.append(redis_spec(redis_dir(home), socket_path=socket_path(home)))
     if "celery_broker_url" in configured:
         env["CELERY_BROKER_URL"] = settings.broker_url
     if "media_url" not in configured:
-        env.update(LOCAL_KEYS, **_start_media_store(stack))
+        store = moto_spec(free_port())
+        specs.append(store)
+        env.update(LOCAL_KEYS, MEDIA_URL=f"oss://{MEDIA_BUCKET}/uploads")
+        env["OSS_ENDPOINT"] = str(store.url)
     if "archive_urls" not in configured:
         env["ARCHIVE_URLS"] = (Path.cwd() / "archive").as_uri()
-    return env
+    return env, specs
 
 
 def _webhook_address(settings: Settings) -> tuple[int | socket.socket, str]:
@@ -142,14 +179,6 @@ def _webhook_address(settings: Settings) -> tuple[int | socket.socket, str]:
     web = listening_socket()
     local_url = f"http://127.0.0.1:{web.getsockname()[1]}/callbacks/eventbridge"
     return web, public_url or local_url
-
-
-def _local_redis(stack: Stack, home: Path) -> str:
-    """The URL of ``home``'s embedded Redis: a server already serving it, else a new child."""
-    url = socket_url(home)
-    if answers(url):
-        return url
-    return str(stack.start(redis_spec(redis_dir(home), socket_path=socket_path(home))).spec.url)
 
 
 def _reconcile_soon(settings: Settings, sandbox_args: Sequence[str]) -> dict[str, str]:
@@ -176,18 +205,39 @@ def submit_round_robin(
 ) -> list[SubmitReport]:
     """Share the accepted files under ``paths`` round-robin among ``models``; one run each.
 
-    Rejected paths are recorded with the first model's run so they appear in its outcomes.
+    Every run is planned first, then all batches are enqueued together, interleaved
+    (:func:`interleaved`). Rejected paths are recorded with the first model's run so they
+    appear in its outcomes.
     """
     accepted, rejected = walk(paths)
     groups: list[list[str]] = [[] for _ in models]
     for n, media in enumerate(accepted):
         groups[n % len(models)].append(media.path)
     groups[0].extend(rejection.path for rejection in rejected)
-    return [
-        submit_paths(settings, group, model, dict(parameters), force)
+    reports = [
+        plan_run(settings, group, model, dict(parameters), force)
         for model, group in zip(models, groups, strict=True)
         if group
     ]
+    enqueue_batches(settings, interleaved(reports))
+    return reports
+
+
+def interleaved(reports: Sequence[SubmitReport]) -> list[tuple[str, int]]:
+    """Every batch of ``reports`` as ``(run id, batch number)``, each run's spread evenly over
+    the whole queue: batch n of a run of B batches sits at fraction (n + 0.5) / B.
+
+    The worker takes the queue in order, about as fast as the run with the most submissions
+    (the rate floor's family) is paced, so that run starts at once and never waits behind
+    the others, and the large batches of the other families (100 uploads each) come one at a
+    time over the run instead of all at its start, where their uploads would slow the pacing.
+    """
+    keyed = [
+        ((n + 0.5) / report.batches, order, report.run_id, n)
+        for order, report in enumerate(reports)
+        for n in range(report.batches)
+    ]
+    return [(run_id, n) for _, _, run_id, n in sorted(keyed)]
 
 
 @click.command()
@@ -229,11 +279,12 @@ def run(
     reports: list[SubmitReport] = []
     try:
         with Stack(sink=sink, log_dir=log_dir or log_dir_of(home)) as stack:
-            env = start_local_parts(stack, settings, home, sandbox_args)
-            settings = load_settings_from(env)  # the in-process submitter sees what children see
-            reports = submit_round_robin(
+            parts = launch_local_parts(stack, settings, home, sandbox_args)
+            settings = load_settings_from(parts.env)  # the submitter sees what children see
+            reports = submit_round_robin(  # queued in Redis while the worker starts
                 settings, list(paths) or bundled_samples(), models, parameters, force
             )
+            stack.wait_ready(parts.starting)
             try:
                 pairs = follow_runs(settings, reports, console, timeout)
             except KeyboardInterrupt:

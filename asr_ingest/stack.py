@@ -180,14 +180,24 @@ class Stack:
 
         Faster than one by one when their start-up times overlap (e.g. Redis, moto, sandbox).
         """
-        children = [self._launch(spec) for spec in specs]
+        children = self.launch_many(specs)
+        self.wait_ready(children)
+        return children
+
+    def launch_many(self, specs: Sequence[ChildSpec]) -> list[Child]:
+        """Start children without waiting for them (then :meth:`wait_ready`): the caller may
+        work meanwhile. Raises as :meth:`start` does, except :class:`StackError`."""
+        return [self._launch(spec) for spec in specs]
+
+    def wait_ready(self, children: Sequence[Child]) -> None:
+        """Wait until each launched child is ready; :class:`StackError` (after stopping that
+        child) when one exits first or its probe does not pass within its ready timeout."""
         for child in children:
             try:
                 self._wait_ready(child)
             except StackError:
                 self._terminate(child)
                 raise
-        return children
 
     def stop(self, name: str) -> int | None:
         """Stop one child (SIGTERM, then SIGKILL after ``grace_s``); its exit status."""

@@ -1,7 +1,8 @@
 """``asr-ingest submit``, ``status`` and ``resubmit``: local media in, archived results out.
 
 The work is in plain functions that take settings and return data, so ``asr-ingest run``
-reuses them: :func:`submit_paths` (walk, plan, enqueue one task per batch) and
+reuses them: :func:`submit_paths` (walk, plan, enqueue one task per batch; or in two steps,
+:func:`plan_run` and :func:`enqueue_batches`) and
 :func:`wait_for` (poll each file's outcome, from the run record, the task's receipt and its
 archive manifest, see :mod:`worker.submission.tracking`). Rendering (rich progress and tables) is
 separate: :class:`ProgressView`, :func:`render_outcomes`.
@@ -58,6 +59,20 @@ def submit_paths(
     Raises :class:`core.errors.PermanentError` (``unknown_model``) for an unknown model and
     ``ValueError`` for a parameter of the wrong type; rejected files are reported, not raised.
     """
+    report = plan_run(settings, paths, model, parameters, force)
+    enqueue_batches(settings, [(report.run_id, n) for n in range(report.batches)])
+    return report
+
+
+def plan_run(
+    settings: Settings,
+    paths: Sequence[str],
+    model: str,
+    parameters: dict[str, Any] | None = None,
+    force: bool = False,
+) -> SubmitReport:
+    """Walk ``paths``, plan batches and store the run; nothing is enqueued yet
+    (:func:`enqueue_batches`). Raises as :func:`submit_paths` does."""
     family_of(model)
     parameters = dict(parameters or {})
     check_parameters(parameters)
@@ -69,13 +84,17 @@ def submit_paths(
         run_id = store.create_run(model, parameters, batches, rejected, force=force)
     finally:
         client.close()
+    return SubmitReport(run_id, model, len(accepted), len(batches), rejected)
+
+
+def enqueue_batches(settings: Settings, batches: Sequence[tuple[str, int]]) -> None:
+    """Send one ``submit`` task per ``(run id, batch number)``, in this order."""
     app = create_celery(settings)
     try:
-        for n in range(len(batches)):
+        for run_id, n in batches:
             app.send_task(SUBMIT_BATCH_TASK, args=[run_id, n], queue=SUBMIT_QUEUE)
     finally:
         app.close()
-    return SubmitReport(run_id, model, len(accepted), len(batches), rejected)
 
 
 def wait_for(

@@ -22,7 +22,10 @@ Protocol facts come from `docs/dashscope-transcription.md`:
   may have reached DashScope but whose answer was lost (read or write timeout, the connection
   dropped, 500/502/504) is **not** retried: :class:`AmbiguousSubmitError`, which the submitter
   resolves from the task list. Only failures before the request left (connect errors, pool
-  timeouts) and definite refusals (429, 503) are retried.
+  timeouts) and definite refusals (429, 503) are retried. A submit retry is a request like any
+  other under the family's limit: :meth:`DashScopeClient.submit` calls its ``pace`` before each
+  retry (the submitter takes a submission token there), so a 429 is not answered by unpaced
+  requests into a window the limiter keeps full.
 
 Errors raised: :class:`core.errors.TransientError` (reason ``dashscope_throttled``,
 ``dashscope_unavailable`` or ``dashscope_network``) once the bounded retries are spent,
@@ -33,6 +36,8 @@ answer that is not the documented JSON.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -197,18 +202,24 @@ class DashScopeClient:
         )
 
     def submit(
-        self, model: str, file_urls: list[str], parameters: dict[str, Any] | None = None
+        self,
+        model: str,
+        file_urls: list[str],
+        parameters: dict[str, Any] | None = None,
+        pace: Callable[[], None] | None = None,
     ) -> str:
         """Submit one task for ``file_urls`` (signed HTTPS URLs); return its ``task_id``.
 
-        Raises ``ValueError`` for a body the API would refuse (see :func:`submit_body`),
+        ``pace`` (if given) is called before each retry, after the backoff: the caller's rate
+        limiter. Raises ``ValueError`` for a body the API would refuse (see :func:`submit_body`),
         :class:`TransientError` after the retries, :class:`DashScopeError` otherwise.
         Raises :class:`AmbiguousSubmitError` at once when the task may exist although no
         answer came back, :class:`AccountBlockedError` for an account-wide refusal.
         """
         body = submit_body(model, file_urls, parameters)
         headers = {"X-DashScope-Async": "enable"}
-        answer = self._call("POST", "services/audio/asr/transcription", json=body, headers=headers)
+        path = "services/audio/asr/transcription"
+        answer = self._call("POST", path, pace=pace, json=body, headers=headers)
         output = answer.get("output")
         task_id = output.get("task_id") if isinstance(output, dict) else None
         if not isinstance(task_id, str) or not task_id:
@@ -263,8 +274,17 @@ class DashScopeClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        result: dict[str, Any] = self._retrying(self._once, method, path, **kwargs)
+    def _call(
+        self, method: str, path: str, pace: Callable[[], None] | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        attempts = itertools.count()
+
+        def once() -> dict[str, Any]:
+            if next(attempts) and pace is not None:
+                pace()
+            return self._once(method, path, **kwargs)
+
+        result: dict[str, Any] = self._retrying(once)
         return result
 
     def _once(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:

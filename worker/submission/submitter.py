@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import redis
@@ -48,6 +49,8 @@ log = structlog.get_logger(__name__)
 
 RATE_WAIT_S = 120.0
 """Longest wait for a submission token before the batch is retried later."""
+RETRY_RATE_WAIT_S = 10.0
+"""Longest wait for the token of a submit retry (after a 429), taken while the batch is locked."""
 _LOCK = "asr:run:{}:batch:{}:lock"
 # KEYS[1] lock; ARGV[1] owner token. Delete only our own lock.
 _UNLOCK = """
@@ -136,7 +139,6 @@ class Submitter:
         intent = self.intents.load(run_id, n) or self._plan(run_id, n, info)
         if intent is None:
             return None
-        self._take_submit_token(intent.model)
         with self._batch_lock(run_id, n):
             done = self.store.batch_task(run_id, n)
             if done is not None:
@@ -169,11 +171,12 @@ class Submitter:
     def _batch_lock(self, run_id: str, n: int) -> Iterator[None]:
         """Hold batch ``n``'s lock; :class:`BatchDeferred` while another execution holds it.
 
-        The lock outlives one resolution pass plus one submit call (two client timeouts) and
-        expires on its own when its holder dies.
+        The lock outlives one resolution pass plus the wait for a submission turn and one
+        submit call (:data:`RATE_WAIT_S` and two client timeouts) and expires on its own when
+        its holder dies.
         """
         key, token = _LOCK.format(run_id, n), uuid.uuid4().hex
-        ttl_s = 2 * self.settings.dashscope_timeout_seconds + 30
+        ttl_s = RATE_WAIT_S + 2 * self.settings.dashscope_timeout_seconds + 30
         if not self.redis_client.set(key, token, nx=True, px=int(ttl_s * 1000)):
             wait_ms = max(int(self.redis_client.pttl(key)), 1000)
             raise BatchDeferred(wait_ms / 1000 + random.uniform(0, 1), Reason.BATCH_DEFERRED)
@@ -209,20 +212,25 @@ class Submitter:
         return min(30.0, max(1.0, self.settings.submit_uncertain_settle_seconds / 4))
 
     def _attempt(self, run_id: str, n: int, intent: Intent, *, probe: bool) -> str:
-        """Store the intent, submit, record; see :meth:`submit_batch` for what it raises.
+        """Wait for the family's turn, store the intent, submit, record; see
+        :meth:`submit_batch` for what it raises.
 
-        Unless this is the breaker's probe, a breaker opened since the gate defers the batch.
+        The turn is taken last, just before the request, so requests reach DashScope as evenly
+        spaced as they were paced. Unless this is the breaker's probe, a breaker opened since
+        the gate defers the batch.
         """
-        if not probe and self.breaker.open_code() is not None:
-            raise BatchDeferred(self.breaker.probe_s, Reason.ACCOUNT_BLOCKED)
         urls = [self.media.sign(entry.key) for entry in intent.files]
         paths = [url_path(url) for url in urls]
+        self._take_submit_token(intent.model)
+        if not probe and self.breaker.open_code() is not None:
+            raise BatchDeferred(self.breaker.probe_s, Reason.ACCOUNT_BLOCKED)
         attempt = Intent(
             time.time(), intent.model, intent.parameters, intent.files, intent.prints, paths
         )
         self.intents.save(run_id, n, attempt)
         try:
-            task_id = self.client.submit(attempt.model, urls, attempt.parameters)
+            pace = partial(self._take_submit_token, attempt.model, RETRY_RATE_WAIT_S)
+            task_id = self.client.submit(attempt.model, urls, attempt.parameters, pace=pace)
         except AmbiguousSubmitError as exc:
             log.warning("submit_uncertain", run_id=run_id, batch=n, error=str(exc))
             raise BatchDeferred(self._recheck_s(), Reason.SUBMIT_UNCERTAIN) from exc
@@ -255,9 +263,10 @@ class Submitter:
     def _query_limiter(self) -> RateLimiter:
         return query_limiter(self.redis_client, self.settings.dashscope_query_qps)
 
-    def _take_submit_token(self, model: str) -> None:
+    def _take_submit_token(self, model: str, timeout_s: float = RATE_WAIT_S) -> None:
+        """Book the family's next submission turn and sleep until it (``SUBMIT_RATES``)."""
         rate = self.settings.submit_rate_by_family.get(family_of(model), 1.0)
-        submit_limiter(self.redis_client, family_of(model), rate).acquire(timeout_s=RATE_WAIT_S)
+        submit_limiter(self.redis_client, family_of(model), rate).acquire(timeout_s=timeout_s)
 
     def _mark_submitted(self, run_id: str, task_id: str) -> None:
         """Set every file of recorded task ``task_id`` to ``submitted`` (idempotent)."""
@@ -342,7 +351,7 @@ class Submitter:
         return fresh, prints
 
     def _submit(self, model: str, parameters: dict[str, Any], files: list[FileEntry]) -> str:
-        rate = self.settings.submit_rate_by_family.get(family_of(model), 1.0)
-        submit_limiter(self.redis_client, family_of(model), rate).acquire(timeout_s=RATE_WAIT_S)
+        self._take_submit_token(model)
         urls = [self.media.sign(entry.key) for entry in files]
-        return self.client.submit(model, urls, parameters)
+        pace = partial(self._take_submit_token, model, RETRY_RATE_WAIT_S)
+        return self.client.submit(model, urls, parameters, pace=pace)

@@ -245,6 +245,18 @@ def test_rate_quota_429_is_retried_not_a_breaker(server: tuple[str, Script]) -> 
     assert len(script.requests) == 2
 
 
+def test_each_submit_retry_is_paced_the_first_request_not(server: tuple[str, Script]) -> None:
+    """``pace`` runs before every retry of a submit (after a 429), never before the first try."""
+    base, script = server
+    throttled = (429, {"code": "Throttling.RateQuota", "message": "slow"})
+    script.answers = [throttled, throttled, (200, ACCEPTED)]
+    paced: list[int] = []
+    with _client(base) as client:
+        pace = lambda: paced.append(len(script.requests))  # noqa: E731  # requests sent so far
+        assert client.submit("fun-asr", ["https://m/a.wav"], pace=pace) == "t-1"
+    assert paced == [1, 2]
+
+
 def test_a_submit_without_answer_is_ambiguous_and_sent_once(server: tuple[str, Script]) -> None:
     """A submit that times out after sending is AmbiguousSubmitError after exactly one request."""
     base, script = server
