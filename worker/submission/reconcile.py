@@ -48,7 +48,9 @@ Every task archived by a pass counts ``asr_reconcile_tasks_found_total{pass}`` (
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -58,6 +60,8 @@ from typing import Any, Final
 
 import redis
 import structlog
+from redis.exceptions import LockError
+from redis.lock import Lock
 
 from core.errors import PermanentError, TransientError
 from core.store import ReceiptStore
@@ -79,6 +83,8 @@ RECHECK_S = 60.0
 LIST_SETTLE_S = 600.0
 FULL_PASS_EVERY_S = 3600.0
 LOCK_KEY = "asr:lock:reconcile"
+SWEEP_LOCK_SECONDS = 30.0
+"""Lifetime of the sweep lock (s), renewed while the sweep runs (:func:`locked_sweep`)."""
 WATERMARK_KEY = "asr:reconcile:watermark"
 FULL_LIST_KEY = "asr:reconcile:full-list"
 SOURCE: Final = "reconciliation"
@@ -287,13 +293,35 @@ class Reconciler:
             log.warning("reconcile_task_lost", task_id=task_id, task_status=status)
 
 
-def locked_sweep(client: redis.Redis, reconciler: Reconciler, ttl_s: int = 300) -> SweepReport:
-    """Run one sweep unless another holds the lock (then an empty report)."""
-    token = uuid.uuid4().hex
-    if not client.set(LOCK_KEY, token, nx=True, ex=ttl_s):
+def locked_sweep(
+    client: redis.Redis, reconciler: Reconciler, ttl_s: float = SWEEP_LOCK_SECONDS
+) -> SweepReport:
+    """Run one sweep unless another holds the lock (then an empty report).
+
+    The lock (redis-py's :class:`~redis.lock.Lock`, ``ttl_s`` seconds) is renewed every third of
+    its lifetime while the sweep runs, so a long sweep keeps it and a killed worker's lapses
+    within ``ttl_s`` (a fixed 300 s lock once stopped reconciliation that long).
+    """
+    lock = client.lock(LOCK_KEY, timeout=ttl_s, blocking=False, thread_local=False)
+    if not lock.acquire():
         return SweepReport()
+    stop = threading.Event()
+    renewal = threading.Thread(target=_renew, args=(lock, ttl_s, stop), daemon=True)
+    renewal.start()
     try:
         return reconciler.sweep()
     finally:
-        if client.get(LOCK_KEY) == token.encode():
-            client.delete(LOCK_KEY)
+        stop.set()
+        renewal.join()
+        with contextlib.suppress(LockError, redis.RedisError):  # lapsed: nothing to release
+            lock.release()
+
+
+def _renew(lock: Lock, ttl_s: float, stop: threading.Event) -> None:
+    """Extend ``lock`` to ``ttl_s`` every third of it until ``stop``; quit once it is lost."""
+    while not stop.wait(ttl_s / 3):
+        try:
+            lock.extend(ttl_s, replace_ttl=True)
+        except (LockError, redis.RedisError) as exc:
+            log.warning("reconcile_lock_lost", error=type(exc).__name__)
+            return
