@@ -62,7 +62,9 @@ def test_rendered_message_equals_celery_publish(
     assert first["headers"]["argsrepr"] == "['t-same']"
     ids = {first["headers"]["id"], first["headers"]["root_id"]}
     assert ids == {first["properties"]["correlation_id"]}
-    uuid.UUID(first["properties"]["delivery_tag"])
+    assert uuid.UUID(first["properties"]["delivery_tag"]).version == 4
+    assert uuid.UUID(first["headers"]["id"]).version == 4
+    assert first["headers"]["id"] != first["properties"]["delivery_tag"]
     assert first["headers"]["id"] != second["headers"]["id"]
     assert first["properties"]["delivery_tag"] != second["properties"]["delivery_tag"]
 
