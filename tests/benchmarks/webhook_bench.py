@@ -88,8 +88,14 @@ def create_bare_app() -> Flask:
 def gunicorn_spec(
     name: str, app_ref: str, port: int, env: dict[str, str], command: WebCommand
 ) -> ChildSpec:
-    """gunicorn with the Procfile's ``web`` settings, the same for every app."""
-    argv = [*command.argv(script("gunicorn"), app_ref, port), "--log-level", "warning"]
+    """gunicorn with the Procfile's ``web`` settings, the same for every app.
+
+    Its stdout goes to ``/dev/null``: the webhook still writes its log line per delivery (its
+    cost), but this process no longer reads and redacts each line on the same CPUs (a cost
+    only the webhook's runs used to carry). stderr (gunicorn's warnings) is still shown.
+    """
+    gunicorn = [*command.argv(script("gunicorn"), app_ref, port), "--log-level", "warning"]
+    argv = ["/bin/sh", "-c", 'exec "$@" > /dev/null', "gunicorn", *gunicorn]
     probe = http_probe(
         f"http://127.0.0.1:{port}/livez" if name == "webhook" else f"http://127.0.0.1:{port}/"
     )
