@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -12,6 +13,15 @@ import redis
 from core.errors import PermanentError, TransientError
 from core.models import family_of, model_from_api_key
 from worker.ratelimit import SUBMIT_JITTER_S, RateLimiter, submit_limiter
+
+
+def run_together(work: Callable[[], None], count: int) -> None:
+    """Run ``work`` on ``count`` threads at once and wait for all of them."""
+    threads = [threading.Thread(target=work) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 @pytest.mark.parametrize(
@@ -58,11 +68,7 @@ def test_bucket_limits_rate_across_threads(redis_client: redis.Redis) -> None:
             else:
                 time.sleep(0.005)
 
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_together(work, 4)
     assert 15 <= len(taken) <= 2 + 20 * 1.05 + 1
 
 
@@ -89,11 +95,7 @@ def test_waiting_callers_are_served_one_turn_apart_without_polling(
             granted.append(time.monotonic())
 
     started = time.monotonic()
-    threads = [threading.Thread(target=work) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_together(work, 6)
     granted.sort()
     assert all(b - a >= 0.04 for a, b in itertools.pairwise(granted))
     assert granted[-1] - started < 6 * 0.05 + 0.2  # served back to back, no turn lost
@@ -151,11 +153,7 @@ def test_submit_pacers_in_threads_never_overfill_the_window(redis_client: redis.
             with lock:
                 sent.append(time.monotonic())
 
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_together(work, 4)
     sent.sort()
     assert all(b - a >= 1.0 + SUBMIT_JITTER_S - 0.03 for a, b in zip(sent, sent[10:], strict=False))
     assert sent[-1] - sent[0] < 23 * 0.1025 + 0.3
